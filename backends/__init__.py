@@ -1,0 +1,10 @@
+"""Fixed-point solvers (installed as ``fixedpoint_ir.backends``), one module per family.
+
+Importing this package registers every solver by name (see ``fixedpoint_ir.solver.get_solver``).
+"""
+from .anderson import Anderson
+from .broyden import Broyden
+from .picard import Picard
+from .torchdeq_backend import TorchDEQ
+
+__all__ = ["Picard", "Anderson", "Broyden", "TorchDEQ"]

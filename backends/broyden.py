@@ -1,0 +1,90 @@
+"""Limited-memory Broyden's method ("good" Broyden on the inverse Jacobian), as used for DEQs."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fixedpoint_ir.solver import FixedPointSolver, SolverReport, Status, register_solver
+
+from ._loop import RoundLoop
+
+__all__ = ["Broyden"]
+
+
+@register_solver("broyden")
+class Broyden(FixedPointSolver):
+    """Broyden's method on g(z) = F(z) − z, treating the whole chain as one vector.
+
+    The inverse Jacobian of g is approximated by H = −I + Σ u_i v_iᵀ (at most ``m`` pairs; the
+    oldest is dropped), so the first step z − H g = z + g = F(z) is a Picard step. The update
+    keeps H Δg = Δz (Sherman–Morrison form of Broyden's "good" update).
+
+    ``safeguard``: when a step raises the residual above ``safeguard`` × the best residual so far,
+    or gives NaN/Inf, it is replaced by a Picard step from the last good iterate and the memory
+    cleared. ``return_image`` returns F(z) of the last good iterate (free, never worse on a
+    triangular map).
+    """
+
+    name = "broyden"
+
+    def __init__(self, tol: float = 1e-3, max_rounds: int | None = None, m: int = 10,
+                 safeguard: float | None = 10.0, return_image: bool = True,
+                 divergence_factor: float = 1e4):
+        super().__init__(tol, max_rounds, divergence_factor)
+        if m < 1:
+            raise ValueError("m must be at least 1")
+        self.m, self.safeguard, self.return_image = m, safeguard, return_image
+
+    def solve(self, f, z0, callback=None) -> SolverReport:
+        loop = RoundLoop(self, f, z0, callback)
+        us: list[Tensor] = []
+        vs: list[Tensor] = []
+
+        def apply_h(x: Tensor) -> Tensor:  # H x
+            out = -x
+            for u, v in zip(us, vs):
+                out = out + u * torch.dot(v, x)
+            return out
+
+        def apply_ht(x: Tensor) -> Tensor:  # Hᵀ x
+            out = -x
+            for u, v in zip(us, vs):
+                out = out + v * torch.dot(u, x)
+            return out
+
+        z = z0.reshape(-1)
+        last = None  # (z, g, F(z)) of the last accepted iterate
+        best = float("inf")
+        fallbacks = 0
+        status = Status.MAX_ROUNDS
+        while not loop.exhausted:
+            fz, residual, diverged = loop.evaluate(z.view_as(z0))
+            fz = fz.reshape(-1)
+            rejected = diverged or (self.safeguard is not None and residual > self.safeguard * best)
+            if rejected and self.safeguard is not None and last is not None:
+                fallbacks += 1
+                us.clear()
+                vs.clear()
+                z = last[2]  # Picard step from the last good iterate
+                last = None
+                continue
+            if diverged:
+                return loop.report(z.view_as(z0), Status.DIVERGED, safeguard_fallbacks=fallbacks)
+            best = min(best, residual)
+            g = fz - z
+            if last is not None:
+                dz, dg = z - last[0], g - last[1]
+                h_dg = apply_h(dg)
+                ht_dz = apply_ht(dz)
+                denom = torch.dot(dz, h_dg)
+                if torch.isfinite(denom) and denom.abs() > 1e-30:
+                    us.append((dz - h_dg) / denom)
+                    vs.append(ht_dz)
+                    del us[:-self.m], vs[:-self.m]
+            last = (z, g, fz)
+            if residual < self.tol:
+                status = Status.CONVERGED
+                break
+            z = z - apply_h(g)
+        solution = last[2] if (self.return_image and last is not None) else (last[0] if last else z)
+        return loop.report(solution.view_as(z0), status, safeguard_fallbacks=fallbacks)

@@ -1,0 +1,180 @@
+"""The DDIM / DDNM chain: one update rule, the sequential sampler, and the map F (DESIGN §2–3).
+
+Shapes: one state is a batch of images (N, C, H, W); the unknown of the fixed-point system is
+z of shape (T, N, C, H, W), row j holding x_{s_j} (row T−1 is the restored image).
+
+Row j of F(z) is the chain replayed with the network outputs e_j = ε_θ(u_j, t_j) held fixed, where
+u_0 = x_T and u_j = z_{j−1}. Because e_j depends on z_{j−1} only, F is strictly lower triangular:
+its unique fixed point is the sequential trajectory (Cao et al., "Deep Equilibrium Diffusion
+Restoration with Parallel Sampling", CVPR 2024, Proposition 1).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Protocol
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor
+
+from .priors.base import Prior
+from .schedule import StepCoefficients
+
+__all__ = ["Chain", "Correction", "draw_noise"]
+
+
+class Correction(Protocol):
+    """The data-consistency step applied to the x0 estimate of row j."""
+
+    def __call__(self, x0: Tensor, j: int) -> Tensor: ...
+
+
+def draw_noise(steps: int, image_batch_shape: tuple[int, ...], mode: str, *,
+               generator: torch.Generator | None = None, dtype=torch.float32, device=None) -> Tensor:
+    """Fresh noises ξ_j of shape (T, N, C, H, W).
+
+    ``"per_step"`` draws a fresh ξ for every step (the faithful sequential chain); ``"shared"``
+    draws one ξ for all steps, as the reference DeqIR code does.
+    """
+    if mode == "per_step":
+        return torch.randn((steps, *image_batch_shape), generator=generator, dtype=dtype, device=device)
+    if mode == "shared":
+        one = torch.randn((1, *image_batch_shape), generator=generator, dtype=dtype, device=device)
+        return one.expand(steps, *image_batch_shape)
+    raise ValueError(f"noise must be 'per_step' or 'shared', got {mode!r}")
+
+
+class Chain:
+    """The sampling chain for fixed (prior, coefficients, x_T, noises, correction).
+
+    Args:
+        prior: the ε-network.
+        coefficients: per-step scalars (see :class:`~fixedpoint_ir.schedule.StepCoefficients`).
+        x_T: the initial state at t_0, shape (N, C, H, W).
+        noise: ξ_j, shape (T, N, C, H, W) (only used where nw > 0).
+        correction: x0 ↦ corrected x0 for row j (DDNM's A†y + (I − P)x0), or None for plain DDIM.
+        projector: (A†, P) for the closed form, when A†A is an orthogonal projector.
+
+    ``nfe`` counts network evaluations per image (one per state row evaluated).
+    """
+
+    def __init__(self, prior: Prior, coefficients: StepCoefficients, x_T: Tensor, noise: Tensor,
+                 correction: Correction | None = None,
+                 projector: tuple[Callable[[Tensor], Tensor], Tensor] | None = None):
+        self.prior = prior
+        self.coefficients = coefficients
+        self.x_T = x_T
+        self.noise = noise
+        self.correction = correction
+        self.projector = projector
+        self.num_rows = coefficients.num_steps
+        self.nfe = 0
+        self.network_calls = 0
+        c = coefficients
+        # Python floats: cheap to apply to tensors of any dtype, computed once in float64.
+        self._sqrt_a = [math.sqrt(v) for v in c.a.tolist()]
+        self._sqrt_1ma = [math.sqrt(1.0 - v) for v in c.a.tolist()]
+        self._sqrt_b = [math.sqrt(v) for v in c.b.tolist()]
+        self._c1 = c.c1.tolist()
+        self._c2 = c.c2.tolist()
+        self._timesteps = c.timesteps.to(x_T.device)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of z: (T, N, C, H, W)."""
+        return (self.num_rows, *self.x_T.shape)
+
+    # --- the update rule -------------------------------------------------------------------
+    def step(self, j: int, x: Tensor, e: Tensor) -> Tensor:
+        """One DDIM step from t_j to s_j with the range/null-space correction (DESIGN §2)."""
+        x0 = (x - self._sqrt_1ma[j] * e) / self._sqrt_a[j]
+        if self.correction is not None:
+            x0 = self.correction(x0, j)
+        x_next = self._sqrt_b[j] * x0 + self._c2[j] * e
+        if self._c1[j]:
+            x_next = x_next + self._c1[j] * self.noise[j]
+        return x_next
+
+    # --- the expensive part: all network calls of a round in one batch --------------------------
+    def network_inputs(self, z: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """u_j for j in [start, stop): x_T for row 0, z_{j−1} otherwise."""
+        stop = self.num_rows if stop is None else stop
+        if start == 0:
+            return torch.cat([self.x_T.unsqueeze(0), z[: stop - 1]], dim=0)
+        return z[start - 1: stop - 1]
+
+    def eps(self, z: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """e_j = ε_θ(u_j, t_j) for rows [start, stop), evaluated in ONE batch (chunked by the prior)."""
+        stop = self.num_rows if stop is None else stop
+        u = self.network_inputs(z, start, stop)
+        rows, n = u.shape[0], u.shape[1]
+        t = repeat(self._timesteps[start:stop], "t -> (t n)", n=n)
+        e = self.prior.eps(rearrange(u, "t n c h w -> (t n) c h w"), t)
+        self.nfe += rows
+        self.network_calls += 1
+        return rearrange(e, "(t n) c h w -> t n c h w", t=rows)
+
+    # --- the cheap part: replay the update rule with e held fixed --------------------------------
+    def replay(self, e: Tensor, start: int = 0, x_prev: Tensor | None = None) -> Tensor:
+        """Rows [start, start + len(e)) of F: the chain replayed from x_prev (x_T when start = 0)."""
+        x = self.x_T if start == 0 else x_prev
+        if x is None:
+            raise ValueError("replay from a row > 0 needs the state x_prev of the row before")
+        out = []
+        for i in range(e.shape[0]):
+            x = self.step(start + i, x, e[i])
+            out.append(x)
+        return torch.stack(out)
+
+    def closed_form(self, e: Tensor) -> Tensor:
+        """F from Proposition 1, vectorised over rows with a cumulative sum (projector operators).
+
+        F_j = √b_j [ A†y + (I−P)x_T/√a_0 + Σ_{i≤j} ((k2_i − k1_i)(I−P)e_i + n_i(I−P)ξ_i)
+                     + k2_j P e_j + n_j P ξ_j ],
+        k1 = √((1−a)/a), k2 = c2/√b, n = c1/√b. It equals :meth:`replay` to rounding.
+        """
+        if self.correction is not None and self.projector is None:
+            raise ValueError("the closed form needs an operator whose A†A is an orthogonal projector")
+        c = self.coefficients
+        shape = (-1,) + (1,) * (e.dim() - 1)
+        cast = lambda v: v.to(e.dtype).to(e.device).view(shape)  # noqa: E731
+        k1, k2 = cast(((1 - c.a) / c.a).sqrt()), cast(c.c2 / c.b.sqrt())
+        nw, sqrt_b = cast(c.c1 / c.b.sqrt()), cast(c.b.sqrt())
+        noise = self.noise.to(e.dtype)
+        if self.projector is None:  # plain DDIM: P = 0
+            base = self.x_T / self._sqrt_a[0]
+            return sqrt_b * (base + torch.cumsum((k2 - k1) * e + nw * noise, dim=0))
+        project_range, pinv_y = self.projector
+        flat = lambda v: rearrange(v, "t n c h w -> (t n) c h w")  # noqa: E731
+        unflat = lambda v: rearrange(v, "(t n) c h w -> t n c h w", t=e.shape[0])  # noqa: E731
+        p_e, p_xi = unflat(project_range(flat(e))), unflat(project_range(flat(noise)))
+        x_T_null = self.x_T - project_range(self.x_T)
+        base = pinv_y + x_T_null / self._sqrt_a[0]
+        null_part = torch.cumsum((k2 - k1) * (e - p_e) + nw * (noise - p_xi), dim=0)
+        return sqrt_b * (base + null_part + k2 * p_e + nw * p_xi)
+
+    # --- F and its parts ----------------------------------------------------------------------
+    def __call__(self, z: Tensor) -> Tensor:
+        """F(z): one batched network call on all T rows, then the replay."""
+        return self.replay(self.eps(z))
+
+    def rows(self, z: Tensor, start: int, stop: int) -> Tensor:
+        """Rows [start, stop) of F(z), replayed from z_{start−1}.
+
+        This equals F(z)[start:stop] when rows < start of z are already a fixed point (a frozen
+        prefix): only stop − start network evaluations are spent.
+        """
+        e = self.eps(z, start, stop)
+        return self.replay(e, start, None if start == 0 else z[start - 1])
+
+    def sequential(self) -> Tensor:
+        """The reference: T network calls one after another. Returns the trajectory (T, N, C, H, W)."""
+        x, out = self.x_T, []
+        n = x.shape[0]
+        for j in range(self.num_rows):
+            e = self.prior.eps(x, self._timesteps[j].expand(n))
+            self.nfe += 1
+            self.network_calls += 1
+            x = self.step(j, x, e)
+            out.append(x)
+        return torch.stack(out)
