@@ -94,20 +94,23 @@ class Sampler:
         self.progress = progress
 
     # --- building the map ------------------------------------------------------------------
-    def _device_dtype(self, *tensors: Tensor | None) -> tuple[torch.device, torch.dtype]:
+    def _device_dtype(self, *tensors: Tensor | None, dtype=None, device=None):
         for t in tensors:
             if isinstance(t, Tensor) and t.is_floating_point():
                 return t.device, t.dtype
-        return self.prior.alphas_cumprod.device, torch.float32
+        return (torch.device(device) if device is not None else self.prior.alphas_cumprod.device,
+                dtype or torch.float32)
 
     def chain(self, y: Tensor | None = None, *, x_T: Tensor | None = None,
               image_shape: tuple[int, int, int] | None = None, num_images: int | None = None,
-              generator: torch.Generator | None = None, noise: Tensor | None = None) -> Chain:
+              generator: torch.Generator | None = None, noise: Tensor | None = None,
+              dtype: torch.dtype | None = None, device=None) -> Chain:
         """The chain (and so the map F) for one observation, with x_T and ξ drawn or given.
 
-        Draw order with a generator: x_T first, then ξ, so a seed fixes both.
+        Draw order with a generator: x_T first, then ξ, so a seed fixes both. The working dtype and
+        device are those of y (or x_T); ``dtype``/``device`` apply when neither is given.
         """
-        device, dtype = self._device_dtype(y, x_T)
+        device, dtype = self._device_dtype(y, x_T, dtype=dtype, device=device)
         if y is not None:
             if self.operator is None:
                 raise ValueError("y was given but the sampler has no operator")
@@ -170,20 +173,22 @@ class Sampler:
     def sample(self, image_shape: tuple[int, int, int] | None = None, num_images: int = 1, *,
                x_T: Tensor | None = None, generator: torch.Generator | None = None,
                noise: Tensor | None = None, init: Tensor | None = None,
-               callback: Callable[[RoundInfo], None] | None = None) -> Result:
+               callback: Callable[[RoundInfo], None] | None = None,
+               dtype: torch.dtype | None = None, device=None) -> Result:
         """Unconditional DDIM sampling with the parallel solver."""
         if self.operator is not None:
             raise ValueError("sample() is for samplers without operator; use restore(y)")
         chain = self.chain(x_T=x_T, image_shape=image_shape, num_images=num_images,
-                           generator=generator, noise=noise)
+                           generator=generator, noise=noise, dtype=dtype, device=device)
         return self._solve(chain, None, init, callback)
 
     def sequential(self, y: Tensor | None = None, *, x_T: Tensor | None = None,
                    image_shape: tuple[int, int, int] | None = None, num_images: int = 1,
-                   generator: torch.Generator | None = None, noise: Tensor | None = None) -> Result:
+                   generator: torch.Generator | None = None, noise: Tensor | None = None,
+                   dtype: torch.dtype | None = None, device=None) -> Result:
         """The reference sequential sampler (T network calls in a row), same noise conventions."""
         chain = self.chain(y, x_T=x_T, image_shape=image_shape, num_images=num_images,
-                           generator=generator, noise=noise)
+                           generator=generator, noise=noise, dtype=dtype, device=device)
         start = time.perf_counter()
         with torch.no_grad():
             states = chain.sequential()

@@ -1,0 +1,121 @@
+"""Sampler API: reproducibility, initial guesses, and clear errors on bad input."""
+import pytest
+import torch
+
+from fixedpoint_ir import GaussianMixturePrior, ModulePrior, Sampler
+from fixedpoint_ir.backends import Picard
+from fixedpoint_ir.operators import AveragePool, Mask
+
+from helpers import ground_truth
+
+SIZE = 8
+
+
+@pytest.fixture
+def sr_sampler():
+    return Sampler(GaussianMixturePrior(), AveragePool(2), "picard", steps=6)
+
+
+def test_seed_reproduces_and_result_has_all_states(sr_sampler):
+    y = AveragePool(2).A(ground_truth(SIZE))
+    a = sr_sampler.restore(y, generator=torch.Generator().manual_seed(7))
+    b = sr_sampler.restore(y, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a.image, b.image) and a.states.shape == (6, 1, 3, SIZE, SIZE)
+    assert torch.equal(a.states[-1], a.image)
+    assert "converged" in a.summary()
+
+
+def test_restored_image_is_consistent_with_observation(sr_sampler):
+    op = AveragePool(2)
+    y = op.A(ground_truth(SIZE))
+    result = sr_sampler.restore(y, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(op.A(result.image), y, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("init", ["x_T", "observation"])
+def test_initial_guess_does_not_change_the_answer(init):
+    op = Mask(torch.rand(SIZE, SIZE) > 0.3)
+    y = op.A(ground_truth(SIZE))
+    sampler = Sampler(GaussianMixturePrior(), op, Picard(tol=0.0), steps=6, init=init)
+    ref = sampler.sequential(y, generator=torch.Generator().manual_seed(1))
+    out = sampler.restore(y, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out.image, ref.image, rtol=0, atol=1e-12)
+
+
+def test_explicit_init_tensor(sr_sampler):
+    y = AveragePool(2).A(ground_truth(SIZE))
+    chain = sr_sampler.chain(y, generator=torch.Generator().manual_seed(0))
+    init = torch.zeros(chain.state_shape, dtype=torch.float64)
+    out = sr_sampler.restore(y, x_T=chain.x_T, noise=chain.noise, init=init)
+    torch.testing.assert_close(out.image, chain.sequential()[-1], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="init must have shape"):
+        sr_sampler.restore(y, init=torch.zeros(3, 1, 3, SIZE, SIZE, dtype=torch.float64))
+
+
+def test_closed_form_sampler_matches_replay_sampler():
+    op = AveragePool(2)
+    y = op.A(ground_truth(SIZE))
+    kw = dict(steps=6, nw=0.5)
+    a = Sampler(GaussianMixturePrior(), op, **kw).restore(y, generator=torch.Generator().manual_seed(2))
+    b = Sampler(GaussianMixturePrior(), op, closed_form=True, **kw).restore(
+        y, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a.image, b.image, rtol=0, atol=1e-10)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+def test_y_of_wrong_shape(sr_sampler):
+    with pytest.raises(ValueError, match=r"y must have shape \(N, 3, 4, 4\)"):
+        sr_sampler.restore(torch.zeros(1, 3, 4, 5, dtype=torch.float64),
+                           x_T=torch.zeros(1, 3, SIZE, SIZE, dtype=torch.float64))
+    with pytest.raises(ValueError, match="scale factor 2 does not divide"):
+        sr_sampler.restore(torch.zeros(1, 3, 4, 4), x_T=torch.zeros(1, 3, 7, 7))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_in_y_or_x_T(sr_sampler, bad):
+    y = torch.zeros(1, 3, 4, 4)
+    y_bad = y.clone()
+    y_bad[0, 0, 0, 0] = bad
+    with pytest.raises(ValueError, match="y contains NaN or Inf"):
+        sr_sampler.restore(y_bad)
+    x_T = torch.zeros(1, 3, SIZE, SIZE)
+    x_T[0, 1, 2, 3] = bad
+    with pytest.raises(ValueError, match="x_T contains NaN or Inf"):
+        sr_sampler.restore(y, x_T=x_T)
+
+
+@pytest.mark.parametrize("steps", [0, 1001, -1])
+def test_steps_outside_range(steps):
+    with pytest.raises(ValueError, match=r"steps must lie in \[1, 1000\]"):
+        Sampler(GaussianMixturePrior(), steps=steps)
+
+
+@pytest.mark.parametrize("name", ["etw", "nw"])
+@pytest.mark.parametrize("value", [-0.5, 1.01])
+def test_weights_outside_unit_interval(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be a number in \\[0, 1\\]"):
+        Sampler(GaussianMixturePrior(), **{name: value})
+
+
+def test_unknown_solver_lists_known_ones():
+    with pytest.raises(ValueError, match="known solvers: anderson, broyden, picard, torchdeq"):
+        Sampler(GaussianMixturePrior(), solver="adam")
+
+
+def test_prior_schedule_must_be_1d_and_decreasing():
+    prior = GaussianMixturePrior()
+    prior.alphas_cumprod = torch.linspace(0.01, 0.99, 1000, dtype=torch.float64)  # increasing
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        Sampler(prior)
+    with pytest.raises(ValueError, match="1-D"):
+        ModulePrior(torch.nn.Identity(), alphas_cumprod=torch.ones(10, 10) * 0.5)
+
+
+def test_missing_or_unexpected_observation():
+    with pytest.raises(ValueError, match="samplers without operator"):
+        Sampler(GaussianMixturePrior(), AveragePool(2)).sample((3, 8, 8))
+    with pytest.raises(ValueError, match="no operator"):
+        Sampler(GaussianMixturePrior()).restore(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(TypeError, match="Prior"):
+        Sampler(torch.nn.Conv2d(3, 3, 1))
