@@ -6,5 +6,6 @@ from .anderson import Anderson
 from .broyden import Broyden
 from .picard import Picard
 from .torchdeq_backend import TorchDEQ
+from .triangular import Triangular
 
-__all__ = ["Picard", "Anderson", "Broyden", "TorchDEQ"]
+__all__ = ["Picard", "Anderson", "Broyden", "TorchDEQ", "Triangular"]

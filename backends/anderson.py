@@ -86,22 +86,24 @@ class Anderson(FixedPointSolver):
         last_x = last_fx = None  # the last iterate whose F was accepted, and its image
         exact = 0                # rows of z known to be exact (with exact_prefix)
         last_fx_exact = 0
-        fallbacks = 0
+        fallbacks = streak = 0
         best = float("inf")
         z = z0
         status = Status.MAX_ROUNDS
         while not loop.exhausted:
             fz, residual, diverged = loop.evaluate(z)
             rejected = diverged or (self.safeguard is not None and residual > self.safeguard * best)
-            if rejected and self.safeguard is not None and last_fx is not None:
+            if rejected and self.safeguard is not None and last_fx is not None and streak < 2:
                 # Discard the mixed iterate: take the Picard step from the last good one instead.
                 fallbacks += 1
+                streak += 1  # a Picard step that fails again twice in a row is divergence
                 z, exact = last_fx, last_fx_exact
                 xs.clear()
                 fs.clear()
                 continue
             if diverged:
                 return loop.report(z, Status.DIVERGED, safeguard_fallbacks=fallbacks)
+            streak = 0
             best = min(best, residual)
             last_x, last_fx = z, fz
             last_fx_exact = min(exact + 1, rows)  # row j of F(z) is exact when rows < j of z are

@@ -55,19 +55,20 @@ class Broyden(FixedPointSolver):
         z = z0.reshape(-1)
         last = None  # (z, g, F(z)) of the last accepted iterate
         best = float("inf")
-        fallbacks = 0
+        fallbacks = streak = 0
         status = Status.MAX_ROUNDS
         while not loop.exhausted:
             fz, residual, diverged = loop.evaluate(z.view_as(z0))
             fz = fz.reshape(-1)
             rejected = diverged or (self.safeguard is not None and residual > self.safeguard * best)
-            if rejected and self.safeguard is not None and last is not None:
+            if rejected and self.safeguard is not None and last is not None and streak < 2:
                 fallbacks += 1
+                streak += 1  # a Picard step that fails again twice in a row is divergence
                 us.clear()
                 vs.clear()
                 z = last[2]  # Picard step from the last good iterate
-                last = None
                 continue
+            streak = 0
             if diverged:
                 return loop.report(z.view_as(z0), Status.DIVERGED, safeguard_fallbacks=fallbacks)
             best = min(best, residual)

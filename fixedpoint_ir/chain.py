@@ -54,22 +54,27 @@ class Chain:
         noise: ξ_j, shape (T, N, C, H, W) (only used where nw > 0).
         correction: x0 ↦ corrected x0 for row j (DDNM's A†y + (I − P)x0), or None for plain DDIM.
         projector: (A†, P) for the closed form, when A†A is an orthogonal projector.
+        surrogate: (mean, var) of the Gaussian data model behind :meth:`surrogate_eps`.
 
-    ``nfe`` counts network evaluations per image (one per state row evaluated).
+    ``nfe`` counts network evaluations per image (one per state row evaluated); ``row_scales``
+    are the per-row noise levels √(1 − b_j) that structure-aware solvers may scale tolerances by.
     """
 
     def __init__(self, prior: Prior, coefficients: StepCoefficients, x_T: Tensor, noise: Tensor,
                  correction: Correction | None = None,
-                 projector: tuple[Callable[[Tensor], Tensor], Tensor] | None = None):
+                 projector: tuple[Callable[[Tensor], Tensor], Tensor] | None = None,
+                 surrogate: tuple[float, float] = (0.0, 0.25)):
         self.prior = prior
         self.coefficients = coefficients
         self.x_T = x_T
         self.noise = noise
         self.correction = correction
         self.projector = projector
+        self.surrogate = surrogate
         self.num_rows = coefficients.num_steps
-        self.nfe = 0
-        self.network_calls = 0
+        self.nfe = 0            # network evaluations per image (total / N)
+        self.nfe_total = 0      # network evaluations of single images
+        self.network_calls = 0  # batched calls of the prior (= parallel depth)
         c = coefficients
         # Python floats: cheap to apply to tensors of any dtype, computed once in float64.
         self._sqrt_a = [math.sqrt(v) for v in c.a.tolist()]
@@ -78,6 +83,7 @@ class Chain:
         self._c1 = c.c1.tolist()
         self._c2 = c.c2.tolist()
         self._timesteps = c.timesteps.to(x_T.device)
+        self.row_scales = (1.0 - c.b).clamp_min(0).sqrt()
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -110,9 +116,55 @@ class Chain:
         rows, n = u.shape[0], u.shape[1]
         t = repeat(self._timesteps[start:stop], "t -> (t n)", n=n)
         e = self.prior.eps(rearrange(u, "t n c h w -> (t n) c h w"), t)
-        self.nfe += rows
+        self.nfe_total += rows * n
+        self.nfe = self.nfe_total // n
         self.network_calls += 1
         return rearrange(e, "(t n) c h w -> t n c h w", t=rows)
+
+    def eps_at(self, z: Tensor, rows: Tensor, images: Tensor) -> Tensor:
+        """e for an arbitrary set of (row, image) entries in ONE batch: shape (len(rows), C, H, W).
+
+        Structure-aware solvers use it to evaluate only the entries whose inputs changed.
+        """
+        rows = torch.as_tensor(rows, dtype=torch.long, device=z.device)
+        images = torch.as_tensor(images, dtype=torch.long, device=z.device)
+        previous = (rows - 1).clamp_min(0)
+        u = torch.where((rows == 0).view(-1, 1, 1, 1), self.x_T[images], z[previous, images])
+        e = self.prior.eps(u, self._timesteps[rows])
+        self.nfe_total += int(rows.numel())
+        self.nfe = self.nfe_total // self.x_T.shape[0]
+        self.network_calls += 1
+        return e
+
+    # --- a free stand-in for the network, used by structure-aware solvers ----------------------
+    def surrogate_eps(self, u: Tensor) -> Tensor:
+        """ε of Gaussian data N(mean, var) per pixel for all rows, u of shape (T, N, C, H, W).
+
+        ε(x, t) = √(1−ᾱ)/S · (x − √ᾱ·mean), S = ᾱ·var + 1 − ᾱ: exact for Gaussian data, a
+        first guess for real priors (``surrogate`` = (mean, var) given to the chain).
+        """
+        mean, var = self.surrogate
+        a = self.coefficients.a.to(u.dtype).to(u.device).view(-1, *([1] * (u.dim() - 1)))
+        s = a * var + 1 - a
+        return (1 - a).sqrt() / s * (u - a.sqrt() * mean)
+
+    def surrogate_slope(self) -> Tensor:
+        """∂ε/∂x of the surrogate per row: √(1−ᾱ_j)/(ᾱ_j·var + 1 − ᾱ_j), shape (T,)."""
+        _, var = self.surrogate
+        a = self.coefficients.a
+        return (1 - a).sqrt() / (a * var + 1 - a)
+
+    def surrogate_trajectory(self) -> Tensor:
+        """The chain run sequentially with the surrogate instead of the network (no network call):
+        a free initial guess for the states."""
+        x, out = self.x_T, []
+        mean, var = self.surrogate
+        for j in range(self.num_rows):
+            a = self.coefficients.a[j].item()
+            e = (1 - a) ** 0.5 / (a * var + 1 - a) * (x - a ** 0.5 * mean)
+            x = self.step(j, x, e)
+            out.append(x)
+        return torch.stack(out)
 
     # --- the cheap part: replay the update rule with e held fixed --------------------------------
     def replay(self, e: Tensor, start: int = 0, x_prev: Tensor | None = None) -> Tensor:
@@ -173,6 +225,7 @@ class Chain:
         n = x.shape[0]
         for j in range(self.num_rows):
             e = self.prior.eps(x, self._timesteps[j].expand(n))
+            self.nfe_total += n
             self.nfe += 1
             self.network_calls += 1
             x = self.step(j, x, e)

@@ -17,7 +17,7 @@ from .solver import FixedPointSolver, RoundInfo, SolverDivergedError, SolverRepo
 
 __all__ = ["Sampler", "Result"]
 
-INITS = ("x_T", "observation")
+INITS = ("x_T", "observation", "surrogate")
 
 
 @dataclass
@@ -65,15 +65,22 @@ class Sampler:
         etw: η of the paper (weight of ε in the step: c2 = √(1−b)·√(1−etw²)).
         nw: weight of fresh noise ξ_j (c1 = √(1−b)·nw); 0 in the reference code.
         noise: ``"per_step"`` (a fresh ξ_j per step, the faithful default) or ``"shared"``.
-        init: initial guess of the states: ``"x_T"`` on every row (the published choice), or
-            ``"observation"``: √b_j A†y + √(1−b_j) x_T.
+        init: initial guess of the states: ``"x_T"`` on every row (the published choice),
+            ``"observation"``: √b_j A†y + √(1−b_j) x_T, or ``"surrogate"``: the chain run with the
+            Gaussian surrogate of ε instead of the network (free: no network call).
+        surrogate: (mean, var) of the per-pixel Gaussian data model behind the surrogate ε, used by
+            ``init="surrogate"`` and by the triangular solver's linearisation.
         closed_form: replay F with the vectorised closed form of Proposition 1 (projector operators).
         progress: show a tqdm bar per solver round.
+        sigma_y: observation noise level (on the [-1, 1] scale). 0 (default) keeps the σ_y-blind
+            DDNM correction; > 0 uses the DDNM+ correction of
+            :meth:`~fixedpoint_ir.operators.Operator.noisy_consistency` (no closed form then).
     """
 
     def __init__(self, prior: Prior, operator=None, solver: str | FixedPointSolver = "picard", *,
                  steps: int = 20, etw: float = 0.1, nw: float = 0.0, noise: str = "per_step",
-                 init: str = "x_T", closed_form: bool = False, progress: bool = False):
+                 init: str = "x_T", closed_form: bool = False, progress: bool = False,
+                 sigma_y: float = 0.0, surrogate: tuple[float, float] = (0.0, 0.25)):
         if not isinstance(prior, Prior):
             raise TypeError(f"prior must be a fixedpoint_ir Prior, got {type(prior).__name__}; "
                             "wrap an nn.Module with ModulePrior")
@@ -92,6 +99,16 @@ class Sampler:
         if closed_form and operator is not None and not getattr(operator, "is_projector", False):
             raise ValueError("closed_form needs an operator whose A†A is an orthogonal projector")
         self.progress = progress
+        mean, var = surrogate
+        if not (math.isfinite(mean) and math.isfinite(var) and var >= 0):
+            raise ValueError(f"surrogate must be (mean, var) with finite values and var >= 0, got {surrogate!r}")
+        self.surrogate = (float(mean), float(var))
+        if isinstance(sigma_y, bool) or not isinstance(sigma_y, (int, float)) \
+                or not math.isfinite(sigma_y) or sigma_y < 0:
+            raise ValueError(f"sigma_y must be a finite non-negative number, got {sigma_y!r}")
+        if sigma_y > 0 and closed_form:
+            raise ValueError("closed_form only applies to the σ_y-blind correction (sigma_y=0)")
+        self.sigma_y = float(sigma_y)
 
     # --- building the map ------------------------------------------------------------------
     def _device_dtype(self, *tensors: Tensor | None, dtype=None, device=None):
@@ -104,12 +121,25 @@ class Sampler:
     def chain(self, y: Tensor | None = None, *, x_T: Tensor | None = None,
               image_shape: tuple[int, int, int] | None = None, num_images: int | None = None,
               generator: torch.Generator | None = None, noise: Tensor | None = None,
-              dtype: torch.dtype | None = None, device=None) -> Chain:
+              dtype: torch.dtype | None = None, device=None,
+              x_init: Tensor | None = None, start_step: int | None = None) -> Chain:
         """The chain (and so the map F) for one observation, with x_T and ξ drawn or given.
 
         Draw order with a generator: x_T first, then ξ, so a seed fixes both. The working dtype and
         device are those of y (or x_T); ``dtype``/``device`` apply when neither is given.
+
+        ``start_step`` k (0 ≤ k < T) starts the chain at the intermediate timestep t = t_k from an
+        estimate ``x_init`` (default A†y): x_t = √ᾱ_t x_init + √(1−ᾱ_t) ε, ε drawn where x_T would
+        be; the chain then has the T − k rows of steps k … T−1 (``noise`` has T − k rows). A
+        given ``x_T`` is taken as that starting state itself (then ``x_init`` must be None).
         """
+        coefficients = self.coefficients if start_step is None else self.suffix_coefficients(start_step)
+        if x_init is not None and start_step is None:
+            raise ValueError("x_init needs start_step (the step index at which the chain starts)")
+        if x_init is not None and x_T is not None:
+            raise ValueError("give x_init (to be noised to the start step) or x_T, not both")
+        if start_step is not None and x_init is None and x_T is None and y is None:
+            raise ValueError("start_step without an observation y needs x_init or x_T")
         device, dtype = self._device_dtype(y, x_T, dtype=dtype, device=device)
         if y is not None:
             if self.operator is None:
@@ -135,39 +165,78 @@ class Sampler:
             raise ValueError(f"image_shape must be (C, H, W), got {shape}")
         if x_T is None:
             x_T = torch.randn((n, *shape), generator=generator, dtype=dtype, device=device)
+            if start_step is not None:
+                x_T = self._start_state(x_T, y_image if x_init is None else x_init, coefficients,
+                                        (n, *shape))
         else:
             _check_finite(x_T, "x_T")
             if x_T.dim() != 4 or tuple(x_T.shape) != (n, *shape):
                 raise ValueError(f"x_T must have shape {(n, *shape)}, got {tuple(x_T.shape)}")
+        steps = coefficients.num_steps
         if noise is None:
-            noise = draw_noise(self.steps, tuple(x_T.shape), self.noise, generator=generator,
+            noise = draw_noise(steps, tuple(x_T.shape), self.noise, generator=generator,
                                dtype=dtype, device=device)
-        elif tuple(noise.shape) != (self.steps, *x_T.shape):
-            raise ValueError(f"noise must have shape {(self.steps, *x_T.shape)}, got {tuple(noise.shape)}")
+        elif tuple(noise.shape) != (steps, *x_T.shape):
+            raise ValueError(f"noise must have shape {(steps, *x_T.shape)}, got {tuple(noise.shape)}")
         correction = projector = None
         if self.operator is not None:
             operator = self.operator.to(device)
             correction = lambda x0, j: operator.data_consistency(x0, y)  # noqa: E731
             if getattr(operator, "is_projector", False):
                 projector = (operator.project_range, operator.A_pinv(y))
-        chain = Chain(self.prior, self.coefficients, x_T, noise, correction, projector)
+            if self.sigma_y > 0:  # DDNM+: damped correction, no closed form
+                from .operators.noise import make_correction, make_noise_scaling
+
+                correction = make_correction(operator, y, self.sigma_y, coefficients)
+                projector = None
+                chain = _DDNMPlusChain(self.prior, coefficients, x_T, noise, correction, projector,
+                                       self.surrogate)
+                chain.noise_scaling = make_noise_scaling(operator, self.sigma_y, coefficients)
+                return chain
+        chain = Chain(self.prior, coefficients, x_T, noise, correction, projector, self.surrogate)
         return chain
+
+    def suffix_coefficients(self, start_step: int) -> StepCoefficients:
+        """The step coefficients of rows start_step … T−1 (a chain started at t_{start_step})."""
+        if isinstance(start_step, bool) or not isinstance(start_step, int) \
+                or not 0 <= start_step < self.steps:
+            raise ValueError(f"start_step must be an int in [0, {self.steps}), got {start_step!r}")
+        return StepCoefficients.build(self.prior.alphas_cumprod, self.timesteps[start_step:],
+                                      self.etw, self.nw)
+
+    @staticmethod
+    def _start_state(eps: Tensor, x_init: Tensor, coefficients: StepCoefficients,
+                     shape: tuple[int, ...]) -> Tensor:
+        """x_t = √ᾱ_t x_init + √(1−ᾱ_t) ε at the first timestep of ``coefficients``."""
+        _check_finite(x_init, "x_init")
+        if tuple(x_init.shape) != tuple(shape):
+            raise ValueError(f"x_init must have shape {tuple(shape)}, got {tuple(x_init.shape)}")
+        a = float(coefficients.a[0])
+        return math.sqrt(a) * x_init.to(eps.dtype) + math.sqrt(1.0 - a) * eps
 
     def initial_states(self, chain: Chain, y: Tensor | None = None) -> Tensor:
         """The solver's starting point z0 of shape (T, N, C, H, W)."""
         x_T = chain.x_T
         z0 = x_T.unsqueeze(0).expand(chain.num_rows, *x_T.shape).clone()
+        if self.init == "surrogate":
+            return chain.surrogate_trajectory()
         if self.init == "observation" and y is not None:
-            b = self.coefficients.b.to(x_T.dtype).to(x_T.device).view(-1, 1, 1, 1, 1)
+            b = chain.coefficients.b.to(x_T.dtype).to(x_T.device).view(-1, 1, 1, 1, 1)
             z0 = b.sqrt() * self.operator.A_pinv(y).unsqueeze(0) + (1 - b).sqrt() * z0
         return z0
 
     # --- running it --------------------------------------------------------------------------
     def restore(self, y: Tensor, *, x_T: Tensor | None = None, generator: torch.Generator | None = None,
                 noise: Tensor | None = None, init: Tensor | None = None,
-                callback: Callable[[RoundInfo], None] | None = None) -> Result:
-        """Restore the images behind the observation y (N, *y_shape) with the parallel solver."""
-        chain = self.chain(y, x_T=x_T, generator=generator, noise=noise)
+                callback: Callable[[RoundInfo], None] | None = None,
+                x_init: Tensor | None = None, start_step: int | None = None) -> Result:
+        """Restore the images behind the observation y (N, *y_shape) with the parallel solver.
+
+        ``start_step`` / ``x_init``: start at an intermediate timestep from an estimate (default
+        A†y), solving only the remaining T − start_step rows (see :meth:`chain`).
+        """
+        chain = self.chain(y, x_T=x_T, generator=generator, noise=noise, x_init=x_init,
+                           start_step=start_step)
         return self._solve(chain, y, init, callback)
 
     def sample(self, image_shape: tuple[int, int, int] | None = None, num_images: int = 1, *,
@@ -185,10 +254,12 @@ class Sampler:
     def sequential(self, y: Tensor | None = None, *, x_T: Tensor | None = None,
                    image_shape: tuple[int, int, int] | None = None, num_images: int = 1,
                    generator: torch.Generator | None = None, noise: Tensor | None = None,
-                   dtype: torch.dtype | None = None, device=None) -> Result:
+                   dtype: torch.dtype | None = None, device=None,
+                   x_init: Tensor | None = None, start_step: int | None = None) -> Result:
         """The reference sequential sampler (T network calls in a row), same noise conventions."""
         chain = self.chain(y, x_T=x_T, image_shape=image_shape, num_images=num_images,
-                           generator=generator, noise=noise, dtype=dtype, device=device)
+                           generator=generator, noise=noise, dtype=dtype, device=device,
+                           x_init=x_init, start_step=start_step)
         start = time.perf_counter()
         with torch.no_grad():
             states = chain.sequential()
@@ -245,6 +316,22 @@ class Sampler:
         states = report.solution
         return Result(states[-1], states, report.rounds, chain.nfe, seconds, report.status,
                       list(report.residuals), report)
+
+
+class _DDNMPlusChain(Chain):
+    """The chain for σ_y > 0 (DDNM+): the x0 correction is the damped one (``correction``) and
+    the step's noise term c2·e + c1·ξ is rescaled in the range space by ``noise_scaling(v, j)``
+    (:meth:`~fixedpoint_ir.operators.Operator.noisy_noise_scaling`). Still strictly lower
+    triangular, so the parallel solve reaches the same sequential answer."""
+
+    noise_scaling: Callable[[Tensor, int], Tensor]
+
+    def step(self, j: int, x: Tensor, e: Tensor) -> Tensor:
+        x0 = self.correction((x - self._sqrt_1ma[j] * e) / self._sqrt_a[j], j)
+        w = self._c2[j] * e
+        if self._c1[j]:
+            w = w + self._c1[j] * self.noise[j]
+        return self._sqrt_b[j] * x0 + self.noise_scaling(w, j)
 
 
 class _ClosedFormMap:
