@@ -41,7 +41,8 @@ Design (issue 8):
 
 ``max_batch``, ``alphas_cumprod`` and the device follow the wrapped prior. The network-evaluation
 count of a :class:`~fixedpoint_ir.chain.Chain` stays the logical one (T per image per round);
-:attr:`DistributedPrior.local_rows` counts the rows this rank actually evaluated.
+:attr:`DistributedPrior.local_rows` counts the rows this rank actually evaluated and
+:attr:`DistributedPrior.calls` the batched calls (one per solver round; error messages name it).
 """
 from __future__ import annotations
 
@@ -269,7 +270,7 @@ class DistributedPrior(Prior):
         if check is None:
             check = os.environ.get(_CHECK_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
         self.check = bool(check)
-        self.rounds = 0
+        self.calls = 0
         self.local_rows = 0
 
     # max_batch is the wrapped prior's (a per-rank chunk size).
@@ -317,14 +318,14 @@ class DistributedPrior(Prior):
             raise
         except Exception as err:  # gloo: connection closed / timed out; NCCL: DistBackendError
             raise DistributedRoundError(
-                f"rank {self.rank} of {self.world_size}: {what} of solver round {self.rounds} failed; "
+                f"rank {self.rank} of {self.world_size}: {what} of network call {self.calls} failed; "
                 f"another rank probably crashed, hung past the timeout, or ran different code "
                 f"({type(err).__name__}: {err})") from err
 
     def eps(self, x: Tensor, t) -> Tensor:
         """ε for the whole batch x (N, C, H, W): this rank's contiguous slice, then all-gather."""
         t = self._normalise(x, t)
-        self.rounds += 1
+        self.calls += 1
         n, world = x.shape[0], self.world_size
         sizes = split_sizes(n, world)
         start = sum(sizes[: self.rank])
@@ -360,15 +361,15 @@ class DistributedPrior(Prior):
             if error is not None:
                 raise error
             detail = "; ".join(f"rank {r}: {messages[r]}" for r in failed)
-            raise RemoteRankError(f"rank {self.rank} of {world}: solver round {self.rounds} failed on "
+            raise RemoteRankError(f"rank {self.rank} of {world}: network call {self.calls} failed on "
                                   f"rank(s) {failed} while evaluating the network: {detail}", failed)
         if bool((table[:, 1] != n).any()):
             raise RankMismatchError(f"rank {self.rank}: the ranks called eps with different batch sizes "
-                                    f"{table[:, 1].long().tolist()} in round {self.rounds}; every rank "
+                                    f"{table[:, 1].long().tolist()} in network call {self.calls}; every rank "
                                     "must run the same sampler on the same inputs")
         if self.check and not bool((table[:, 2:] == table[0, 2:]).all()):
             raise RankMismatchError(
-                f"rank {self.rank}: the inputs of solver round {self.rounds} differ between ranks "
+                f"rank {self.rank}: the inputs of network call {self.calls} differ between ranks "
                 f"(checksums {table[:, 2:].tolist()}); the ranks' solver states drifted apart — same "
                 "seed / x_T / noise / y on every rank? deterministic kernels? same device type?")
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from fixedpoint_ir import GaussianMixturePrior, ModulePrior, Sampler
+from fixedpoint_ir import GaussianMixturePrior, ModulePrior, Sampler, get_solver
 from fixedpoint_ir.backends import Anderson, Picard
 from fixedpoint_ir.distributed import split_sizes
 from fixedpoint_ir.operators import AveragePool
@@ -72,6 +72,9 @@ CASES = {
     "conv-pool-picard": ("conv", "pool", "picard", 5, 1, 0.0, "parallel", None, False),
     "conv-ddim-anderson": ("conv", None, "anderson", 5, 1, 0.0, "parallel", None, False),
     "conv-pool-anderson": ("conv", "pool", "anderson", 7, 2, 0.3, "parallel", 3, False),
+    # the structure-aware solver: evaluates subsets of (row, image) entries -> varying batch sizes
+    "gmm-pool-triangular": ("gmm", "pool", "triangular", 7, 2, 0.0, "parallel", None, False),
+    "conv-ddim-triangular": ("conv", None, "triangular", 7, 2, 0.3, "parallel", 3, False),
     # the sequential sampler: one row per call over 2 ranks -> rank 1 holds an empty slice
     "gmm-pool-sequential": ("gmm", "pool", "picard", 5, 1, 0.0, "sequential", None, False),
 }
@@ -80,6 +83,8 @@ CASES = {
 def make_solver(name: str):
     if name == "picard":
         return Picard(tol=0.0)                   # T rounds: exact
+    if name == "triangular":
+        return get_solver("triangular", tol=1e-6)
     return Anderson(tol=1e-9, max_rounds=6)       # stops on the round limit, mid-way
 
 
@@ -139,7 +144,8 @@ def launch(scenario: str, out: Path, world: int = 2, timeout: float = LAUNCH_TIM
         procs.append(subprocess.Popen([sys.executable, __file__, scenario, str(out)], env=env,
                                       stdout=log, stderr=subprocess.STDOUT, text=True))
         log.close()
-    # Like torchrun's agent: once a rank has failed, the others get a grace period, then are killed.
+    # Like torchrun's agent: once a rank has failed, the others get a grace period, then are killed;
+    # once rank 0 (whose error the tests read) has ended, the others get one second.
     grace, first_failure = COLLECTIVE_TIMEOUT_S + 2.0, None
     while any(p.poll() is None for p in procs):
         now = time.monotonic()
@@ -148,6 +154,8 @@ def launch(scenario: str, out: Path, world: int = 2, timeout: float = LAUNCH_TIM
             pytest.fail(f"scenario {scenario!r} did not finish within {timeout:.0f} s (hang)")
         if first_failure is None and any(p.poll() not in (None, 0) for p in procs):
             first_failure = now
+            if procs[0].poll() not in (None, 0):
+                grace = 1.0
         if first_failure is not None and now - first_failure > grace:
             _kill(procs)
             break
@@ -161,65 +169,78 @@ def launch(scenario: str, out: Path, world: int = 2, timeout: float = LAUNCH_TIM
 # Worker side (``python tests/test_distributed.py <scenario> <out>``).
 
 
-def _worker(scenario: str, out: Path) -> None:
-    torch.set_num_threads(1)
-    from fixedpoint_ir.distributed import assert_ranks_agree, distribute, init_from_env, shutdown
+def _record(out: Path, rank: int, step: str, err: BaseException, t0: float) -> None:
+    path = out / f"rank{rank}.json"
+    records = json.loads(path.read_text()) if path.exists() else {}
+    records[step] = dict(type=type(err).__name__, message=str(err), seconds=time.monotonic() - t0)
+    path.write_text(json.dumps(records))
 
+
+def _worker(scenario: str, out: Path) -> None:
+    """``main``: equality cases, a rank mismatch, an error in rank 1's network, then rank 1 raising
+    mid-run (its process dies); ``hang``: rank 1 hangs mid-run."""
     import datetime
 
     import torch.distributed as dist
 
+    from fixedpoint_ir.distributed import assert_ranks_agree, distribute, init_from_env, shutdown
+
+    torch.set_num_threads(1)
     info = init_from_env(timeout=INIT_TIMEOUT_S)
     assert info.backend == "gloo" and info.world_size == 2, info
     rank = info.rank
     # A group of both ranks with a short timeout, for the failure scenarios.
     short = dist.new_group(ranks=[0, 1], timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+
+    if scenario == "main":
+        results = {}
+        for name in CASES:
+            res = run_case(name, wrap=distribute)  # default group; check=True by default
+            assert_ranks_agree(res.states, name=name)
+            results[name] = dict(states=res.states, rounds=res.rounds, nfe=res.nfe, status=res.status.value)
+        torch.save(results, out / f"rank{rank}.pt")
+
+        # Ranks given different x_T (an unseeded run, say) stop at once, on every rank.
+        t0 = time.monotonic()
+        try:
+            sampler = distribute(Sampler(make_prior("gmm"), None, Picard(tol=0.0), steps=5))
+            sampler.sample((3, 8, 8), 1, generator=torch.Generator().manual_seed(100 + rank))
+        except Exception as err:  # noqa: BLE001
+            _record(out, rank, "mismatch", err, t0)
+
+        # rank 1's network raises in its third call; every rank must learn about it.
+        def failing_on_rank1(s):
+            d = distribute(s, group=short)
+            if rank == 1:
+                inner, calls = d.prior.prior, [0]
+                original = inner.predict_eps
+
+                def failing(x, t):
+                    calls[0] += 1
+                    if calls[0] == 3:
+                        raise FloatingPointError("simulated failure in rank 1's network")
+                    return original(x, t)
+                inner.predict_eps = failing
+            return d
+        t0 = time.monotonic()
+        try:
+            run_case("gmm-pool-picard", wrap=failing_on_rank1)
+        except Exception as err:  # noqa: BLE001
+            _record(out, rank, "raise_in_network", err, t0)
+
+    # rank 1 raises outside eps (its process dies: "crash") or hangs in the middle of a run.
+    step = "crash" if scenario == "main" else "hang"
+
+    def callback(info_round):
+        if rank == 1 and info_round.round == 2:
+            if step == "hang":
+                time.sleep(300)
+            raise RuntimeError("simulated crash of rank 1 mid-run")
     t0 = time.monotonic()
     try:
-        if scenario == "equal":
-            results = {}
-            for name in CASES:
-                res = run_case(name, wrap=distribute)  # check=True by default
-                assert_ranks_agree(res.states, name=name)
-                results[name] = dict(image=res.image, states=res.states, rounds=res.rounds,
-                                     nfe=res.nfe, status=res.status.value)
-            # Ranks given different x_T (an unseeded run, say) stop at once, on every rank.
-            try:
-                sampler = distribute(Sampler(make_prior("gmm"), None, Picard(tol=0.0), steps=5))
-                sampler.sample((3, 8, 8), 1, generator=torch.Generator().manual_seed(100 + rank))
-                results["mismatch"] = "no error"
-            except Exception as err:  # noqa: BLE001
-                results["mismatch"] = f"{type(err).__name__}: {err}"
-            torch.save(results, out / f"rank{rank}.pt")
-        elif scenario == "raise_in_network":
-            # rank 1's network raises in its third call; rank 0 must learn about it.
-            def wrap(s):
-                d = distribute(s, group=short)
-                if rank == 1:
-                    inner, calls = d.prior.prior, [0]
-                    original = inner.predict_eps
-
-                    def failing(x, t):
-                        calls[0] += 1
-                        if calls[0] == 3:
-                            raise FloatingPointError("simulated failure in rank 1's network")
-                        return original(x, t)
-                    inner.predict_eps = failing
-                return d
-            run_case("gmm-pool-picard", wrap=wrap)
-        elif scenario in ("raise_mid_run", "hang"):
-            # rank 1 raises (its process dies) or hangs in the middle of the run, outside eps.
-            def callback(info_round):
-                if rank == 1 and info_round.round == 2:
-                    if scenario == "hang":
-                        time.sleep(300)
-                    raise RuntimeError("simulated crash of rank 1 mid-run")
-            run_case("gmm-pool-picard", wrap=lambda s: distribute(s, group=short), callback=callback)
-        else:
-            raise ValueError(scenario)
+        run_case("gmm-pool-picard", wrap=lambda s: distribute(s, group=short), callback=callback)
     except BaseException as err:
-        (out / f"rank{rank}.error.json").write_text(json.dumps(
-            dict(type=type(err).__name__, message=str(err), seconds=time.monotonic() - t0)))
+        _record(out, rank, step, err, t0)
         raise
     shutdown()
 
@@ -295,10 +316,19 @@ def test_distributed_prior_wraps_without_changing_the_api(world_of_one):
     assert dsampler.prior.local_rows == 4 * 4  # T rows per round, T rounds, all on this rank
 
 
-def test_two_gloo_ranks_equal_single_process(tmp_path):
-    codes, errs, _ = launch("equal", tmp_path)
-    assert codes == [0, 0], "\n".join(e[-3000:] for e in errs)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+@pytest.fixture(scope="module")
+def main_launch(tmp_path_factory):
+    """One launch of 2 ranks for the equality, mismatch, network-error and crash checks."""
+    out = tmp_path_factory.mktemp("main")
+    codes, logs, seconds = launch("main", out)
+    records = [json.loads(p.read_text()) if (p := out / f"rank{r}.json").exists() else {} for r in range(2)]
+    return out, codes, logs, records
+
+
+def test_two_gloo_ranks_equal_single_process(main_launch):
+    out, codes, logs, _ = main_launch
+    assert all((out / f"rank{r}.pt").exists() for r in range(2)), "\n".join(l[-3000:] for l in logs)
+    ranks = [torch.load(out / f"rank{r}.pt") for r in range(2)]
     for name in CASES:
         ref = run_case(name)
         for r, results in enumerate(ranks):
@@ -309,35 +339,47 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
             assert err <= 1e-10, f"{name}: rank {r} differs from one process by {err:.3g}"
         # the ranks agree bit for bit (identical replay on identical ε)
         assert torch.equal(ranks[0][name]["states"], ranks[1][name]["states"]), name
-    for results in ranks:
-        assert results["mismatch"].startswith("RankMismatchError: ") and "round 1" in results["mismatch"]
 
 
-def _error(tmp_path: Path, rank: int) -> dict:
-    path = tmp_path / f"rank{rank}.error.json"
-    assert path.exists(), f"rank {rank} ended without an error"
-    return json.loads(path.read_text())
+def test_ranks_with_different_inputs_stop_with_a_mismatch_error(main_launch):
+    _, _, logs, records = main_launch
+    for r in range(2):
+        rec = records[r].get("mismatch")
+        assert rec is not None, logs[r][-3000:]
+        assert rec["type"] == "RankMismatchError" and "network call 1 " in rec["message"], rec
 
 
-def test_error_in_one_ranks_network_reaches_every_rank(tmp_path):
-    codes, errs, seconds = launch("raise_in_network", tmp_path)
-    assert codes[0] != 0 and codes[1] != 0, errs
-    e0, e1 = _error(tmp_path, 0), _error(tmp_path, 1)
+def test_error_in_one_ranks_network_reaches_every_rank(main_launch):
+    _, _, logs, records = main_launch
+    e0, e1 = records[0].get("raise_in_network"), records[1].get("raise_in_network")
+    assert e0 is not None and e1 is not None, logs[0][-3000:]
     assert e1["type"] == "FloatingPointError"
     assert e0["type"] == "RemoteRankError"
     assert "rank(s) [1]" in e0["message"] and "simulated failure" in e0["message"]
     assert e0["seconds"] < COLLECTIVE_TIMEOUT_S  # no need to wait for a timeout
 
 
-@pytest.mark.parametrize("scenario", ["raise_mid_run", "hang"])
-def test_crash_or_hang_of_one_rank_ends_the_run(tmp_path, scenario):
-    codes, errs, seconds = launch(scenario, tmp_path, timeout=LAUNCH_TIMEOUT_S)
-    assert codes[0] != 0, errs[0][-3000:]
-    e0 = _error(tmp_path, 0)
-    assert e0["type"] == "DistributedRoundError", e0
-    assert "another rank probably crashed" in e0["message"]
-    assert e0["seconds"] < COLLECTIVE_TIMEOUT_S + 20.0, e0  # bounded by the collective timeout
-    assert codes[1] != 0
+def _check_rank0_failed_cleanly(codes, logs, rec, limit):
+    assert codes[0] not in (0, None) and codes[1] != 0, (codes, logs[0][-3000:])
+    assert rec is not None, logs[0][-3000:]
+    assert rec["type"] == "DistributedRoundError", rec
+    assert "another rank probably crashed" in rec["message"]
+    assert rec["seconds"] < limit, rec
+
+
+def test_crash_of_one_rank_ends_the_run_with_a_clear_error(main_launch):
+    _, codes, logs, records = main_launch
+    assert records[1].get("crash", {}).get("message") == "simulated crash of rank 1 mid-run"
+    # a dead peer closes its sockets: rank 0 fails at once, long before the timeout
+    _check_rank0_failed_cleanly(codes, logs, records[0].get("crash"), COLLECTIVE_TIMEOUT_S)
+
+
+def test_hang_of_one_rank_ends_the_run_after_the_timeout(tmp_path):
+    codes, logs, seconds = launch("hang", tmp_path)
+    path = tmp_path / "rank0.json"
+    rec = json.loads(path.read_text()).get("hang") if path.exists() else None
+    _check_rank0_failed_cleanly(codes, logs, rec, COLLECTIVE_TIMEOUT_S + 20.0)
+    assert rec["seconds"] >= COLLECTIVE_TIMEOUT_S * 0.9  # it did wait for the timeout
 
 
 if __name__ == "__main__":
