@@ -60,7 +60,7 @@ from .priors.base import Prior
 
 __all__ = [
     "DistributedPrior", "DistInfo", "DistributedRoundError", "RemoteRankError", "RankMismatchError",
-    "distribute", "distributed_sampler", "init_from_env", "shutdown", "split_sizes", "assert_ranks_agree",
+    "distribute", "distributed_sampler", "restore_batch", "shard", "init_from_env", "shutdown", "split_sizes", "assert_ranks_agree",
     "DEFAULT_TIMEOUT_S",
 ]
 
@@ -411,6 +411,67 @@ def distribute(sampler, group: dist.ProcessGroup | None = None, check: bool | No
 
 #: Alias of :func:`distribute`.
 distributed_sampler = distribute
+
+
+def shard(items, group: dist.ProcessGroup | None = None):
+    """This rank's contiguous share of ``items`` (a sequence), split like :func:`split_sizes`.
+
+    For data parallelism over *images* (many inputs, each rank restores its own share with a plain,
+    undistributed sampler: no communication at all), as opposed to :func:`distribute`, which
+    spreads the states of every round of the same images over the ranks (latency of one or a few
+    images, or a round that does not fit on one device). Without a process group: all items.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return items
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    sizes = split_sizes(len(items), world)
+    start = sum(sizes[:rank])
+    return items[start:start + sizes[rank]]
+
+
+def restore_batch(sampler, ys, seeds, **restore_kwargs):
+    """Restore several observations in one batch, each with its own seed, reproducibly.
+
+    Image i gets exactly the x_T and noise that ``sampler.restore(ys[i:i+1],
+    generator=torch.Generator(device).manual_seed(seeds[i]))`` would draw (the sampler's own
+    drawing code is used, image by image), so the result of an image does not depend on which
+    other images share its batch, nor on the number of ranks.
+
+    Args:
+        sampler: a :class:`~fixedpoint_ir.Sampler` (plain or :func:`distribute`-d).
+        ys: observations, a tensor (B, ...) or a sequence of B tensors of one shape, each (...) or
+            (1, ...).
+        seeds: B ints, or one int s (image i then gets s + i).
+        restore_kwargs: passed on to ``sampler.restore`` (``init``, ``callback``, …; not ``x_T``,
+            ``noise``, ``generator``, which this function sets).
+
+    Returns the :class:`~fixedpoint_ir.Result` of the batch (``image`` has shape (B, C, H, W)).
+    """
+    for name in ("x_T", "noise", "generator", "start_step", "x_init"):
+        if name in restore_kwargs:
+            raise ValueError(f"restore_batch draws x_T and noise per image; {name!r} is not accepted "
+                             "(call sampler.restore directly)")
+    if isinstance(ys, Tensor):
+        batch = list(ys.split(1))
+    else:
+        batch = [y if y.dim() and y.shape[0] == 1 and y.dim() > 1 else y.unsqueeze(0) for y in ys]
+    if not batch:
+        raise ValueError("ys is empty")
+    if any(y.shape != batch[0].shape for y in batch):
+        raise ValueError(f"all observations of a batch must have one shape, got "
+                         f"{sorted({tuple(y.shape[1:]) for y in batch})}; group them by shape")
+    if isinstance(seeds, int):
+        seeds = [seeds + i for i in range(len(batch))]
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != len(batch):
+        raise ValueError(f"{len(batch)} observations but {len(seeds)} seeds")
+    x_T, noise = [], []
+    for y, seed in zip(batch, seeds):
+        chain = sampler.chain(y, generator=torch.Generator(device=y.device).manual_seed(seed))
+        x_T.append(chain.x_T)
+        noise.append(chain.noise)
+    return sampler.restore(torch.cat(batch), x_T=torch.cat(x_T), noise=torch.cat(noise, dim=1),
+                           **restore_kwargs)
 
 
 def assert_ranks_agree(x: Tensor, group: dist.ProcessGroup | None = None, name: str = "tensor") -> None:

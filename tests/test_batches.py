@@ -103,6 +103,30 @@ def test_batch_equals_one_by_one_sequential_and_parallel_agree(op):
         assert (seq.states[:, i] - seq_alone[i].states[:, 0]).abs().max() <= 1e-10
 
 
+def test_restore_batch_matches_seeded_restores_one_by_one():
+    from fixedpoint_ir.distributed import restore_batch
+
+    operator = AveragePool(2)
+    sampler = Sampler(make_prior("conv"), operator, Picard(tol=0.0), steps=T, nw=0.4)
+    g = torch.Generator().manual_seed(11)
+    ys = [operator.A(torch.randn((1, *SHAPE), generator=g, dtype=DTYPE)) for _ in range(B)]
+    seeds = [5, 17, 3]
+    together = restore_batch(sampler, ys, seeds)
+    assert together.image.shape == (B, *SHAPE)
+    for i in range(B):
+        alone = sampler.restore(ys[i], generator=torch.Generator().manual_seed(seeds[i]))
+        assert (together.states[:, i] - alone.states[:, 0]).abs().max() <= 1e-10
+    # a batch of a different composition gives image 1 the same result
+    pair = restore_batch(sampler, torch.cat([ys[1], ys[0]]), [17, 5])
+    assert (pair.states[:, 0] - together.states[:, 1]).abs().max() <= 1e-10
+    # one int seed: image i gets seed + i
+    assert torch.equal(restore_batch(sampler, ys, 7).states, restore_batch(sampler, ys, [7, 8, 9]).states)
+    with pytest.raises(ValueError, match="one shape"):
+        restore_batch(sampler, [ys[0], torch.zeros(1, 3, 2, 2, dtype=DTYPE)], [0, 1])
+    with pytest.raises(ValueError, match="x_T"):
+        restore_batch(sampler, ys, seeds, x_T=None)
+
+
 @pytest.mark.xfail(strict=False, reason="Anderson's mixing weights (and every solver's stopping rule) "
                    "are computed over the whole batch, so the images of a batch are coupled; "
                    "per-image solves are being added to the solvers")

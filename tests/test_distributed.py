@@ -183,7 +183,7 @@ def _worker(scenario: str, out: Path) -> None:
 
     import torch.distributed as dist
 
-    from fixedpoint_ir.distributed import assert_ranks_agree, distribute, init_from_env, shutdown
+    from fixedpoint_ir.distributed import assert_ranks_agree, distribute, init_from_env, shard, shutdown
 
     torch.set_num_threads(1)
     info = init_from_env(timeout=INIT_TIMEOUT_S)
@@ -198,6 +198,7 @@ def _worker(scenario: str, out: Path) -> None:
             res = run_case(name, wrap=distribute)  # default group; check=True by default
             assert_ranks_agree(res.states, name=name)
             results[name] = dict(states=res.states, rounds=res.rounds, nfe=res.nfe, status=res.status.value)
+        results["shard"] = shard(list(range(5)))
         torch.save(results, out / f"rank{rank}.pt")
 
         # Ranks given different x_T (an unseeded run, say) stop at once, on every rank.
@@ -261,11 +262,12 @@ def test_split_sizes_cover_uneven_counts():
 
 
 def test_distributed_prior_needs_a_process_group():
-    from fixedpoint_ir.distributed import DistributedPrior, init_from_env
+    from fixedpoint_ir.distributed import DistributedPrior, init_from_env, shard
 
     if not torch.distributed.is_initialized():
         with pytest.raises(RuntimeError, match="init_from_env"):
             DistributedPrior(make_prior("gmm"))
+        assert shard([1, 2, 3]) == [1, 2, 3]
     env = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK") if k in os.environ}
     try:
         info = init_from_env()  # no torchrun variables: a single process, nothing initialised
@@ -339,6 +341,7 @@ def test_two_gloo_ranks_equal_single_process(main_launch):
             assert err <= 1e-10, f"{name}: rank {r} differs from one process by {err:.3g}"
         # the ranks agree bit for bit (identical replay on identical ε)
         assert torch.equal(ranks[0][name]["states"], ranks[1][name]["states"]), name
+    assert [ranks[0]["shard"], ranks[1]["shard"]] == [[0, 1, 2], [3, 4]]  # images per rank
 
 
 def test_ranks_with_different_inputs_stop_with_a_mismatch_error(main_launch):
