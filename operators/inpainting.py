@@ -15,7 +15,14 @@ class Mask(Operator):
     Args:
         mask: boolean (or 0/1) tensor of shape (H, W), shared over channels, or (C, H, W) for a
             mask per channel.
+
+    Masks of the usual kinds (random pixels, box, stripes, text, scratches, an image file) are
+    made by :mod:`fixedpoint_ir.operators.masks`; :meth:`save` writes the mask as a PNG (white =
+    observed) and :meth:`from_file` reads one back.
     """
+
+    singular_value = 1.0
+    diagonal = True
 
     def __init__(self, mask: Tensor):
         super().__init__()
@@ -45,6 +52,23 @@ class Mask(Operator):
 
     def A_pinv(self, y: Tensor) -> Tensor:
         return y * self.mask.to(y.dtype)
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        return self.A_pinv(y)
+
+    def save(self, path) -> None:
+        """Write the mask as an 8-bit PNG, white (255) = observed; a per-channel mask as RGB."""
+        from .masks import save_mask
+
+        save_mask(self.mask, path)
+
+    @classmethod
+    def from_file(cls, path, size: tuple[int, int] | None = None, *, per_channel: bool = False,
+                  threshold: float = 0.5) -> "Mask":
+        """A mask read from an image file (see :func:`~fixedpoint_ir.operators.masks.mask_from_image`)."""
+        from .masks import mask_from_image
+
+        return cls(mask_from_image(path, size, per_channel=per_channel, threshold=threshold))
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.mask.shape)}, observed={self.mask.float().mean().item():.3f}"

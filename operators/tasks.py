@@ -1,0 +1,193 @@
+"""The registry of named restoration tasks (the CLI and the benchmarks build operators from it).
+
+``make_operator(name, image_shape, generator=None, **overrides)`` builds the operator of a task
+with its default parameters, any of which can be overridden. The parameters actually used (random
+masks included, through their integer ``seed``) are recorded as a JSON-serialisable dict in
+``operator.task_config``; ``operator_from_config(config)`` rebuilds the same operator, so the CLI
+can save the config next to a degraded image. A mask that comes from no generator can be saved as
+a PNG (:func:`~fixedpoint_ir.operators.masks.save_mask`) and used through the ``inpaint_file`` task.
+
+Each task also names a suggested observation noise ``sigma_y`` (0 except for ``denoise``), on the
+[-1, 1] image scale; it is part of the config but not of the operator.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .base import Operator
+from .blur import AnisotropicGaussianBlur, ConvolutionBlur, GaussianBlur, motion_kernel
+from .color import Colorization
+from .compose import old_photo
+from .denoise import Identity
+from .functional import _as_shape
+from .inpainting import Mask
+from .masks import (DEFAULT_TEXT, box_mask, mask_from_image, random_mask, scratch_mask, stripe_mask,
+                    text_mask)
+from .superres import AveragePool, Bicubic
+
+__all__ = ["Task", "TASKS", "make_operator", "list_tasks", "task_defaults", "operator_from_config",
+           "describe_tasks"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named task: a builder ``(image_shape, **params) -> Operator`` and its default params."""
+
+    name: str
+    description: str
+    build: Callable[..., Operator]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    sigma_y: float = 0.0
+    seeded: bool = False  # has a random ``seed`` parameter
+
+
+def _hw(shape):
+    return shape[1], shape[2]
+
+
+def _mask_channels(shape, per_channel):
+    return shape[0] if per_channel else None
+
+
+def _motion(shape, length, angle, size, threshold):
+    return ConvolutionBlur(motion_kernel(length, angle, size), threshold=threshold)
+
+
+def _inpaint_file(shape, path, per_channel, threshold):
+    if path is None:
+        raise ValueError("the inpaint_file task needs path=<mask image> (white = observed)")
+    return Mask(mask_from_image(path, _hw(shape), per_channel=per_channel, threshold=threshold))
+
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("sr2", "super-resolution x2, average pooling (A† = block replication)",
+         lambda s, factor: AveragePool(factor), {"factor": 2}),
+    Task("sr4", "super-resolution x4, average pooling (A† = block replication)",
+         lambda s, factor: AveragePool(factor), {"factor": 4}),
+    Task("sr4_bicubic", "super-resolution x4, bicubic (Keys a = -0.5, reflect borders, SVD A†)",
+         lambda s, factor, a, threshold: Bicubic(factor, a, threshold),
+         {"factor": 4, "a": -0.5, "threshold": 1e-6}),
+    Task("deblur_gauss", "Gaussian deblurring, 5 taps, sigma 10 (the published kernel, all taps used)",
+         lambda s, sigma, size, threshold: GaussianBlur(sigma, size, threshold),
+         {"sigma": 10.0, "size": 5, "threshold": 3e-2}),
+    Task("deblur_aniso", "anisotropic Gaussian deblurring, 9 taps, sigma 1 (height) x 20 (width)",
+         lambda s, sigma_h, sigma_w, size, threshold: AnisotropicGaussianBlur(sigma_h, sigma_w, size, threshold),
+         {"sigma_h": 1.0, "sigma_w": 20.0, "size": 9, "threshold": 3e-2}),
+    Task("deblur_motion", "linear motion deblurring, FFT with circular boundary",
+         _motion, {"length": 9.0, "angle": 45.0, "size": 11, "threshold": 3e-2}),
+    Task("inpaint_random", "inpainting, random missing pixels (exact count, seeded)",
+         lambda s, missing, per_channel, seed: Mask(random_mask(
+             _hw(s), missing, channels=_mask_channels(s, per_channel), seed=seed)),
+         {"missing": 0.5, "per_channel": False, "seed": 0}, seeded=True),
+    Task("inpaint_box", "inpainting, one missing box (fractions of the image size)",
+         lambda s, top, left, height, width: Mask(box_mask(_hw(s), top, left, height, width)),
+         {"top": 0.25, "left": 0.25, "height": 0.5, "width": 0.5}),
+    Task("inpaint_stripes", "inpainting, missing stripes (width pixels every period pixels)",
+         lambda s, period, width, direction, offset: Mask(stripe_mask(_hw(s), period, width, direction, offset)),
+         {"period": 8, "width": 4, "direction": "horizontal", "offset": 0}),
+    Task("inpaint_text", "inpainting, text rendered with PIL's default font (repeated to cover)",
+         lambda s, text, font_size, repeat: Mask(text_mask(_hw(s), text, font_size=font_size, repeat=repeat)),
+         {"text": DEFAULT_TEXT, "font_size": None, "repeat": True}),
+    Task("inpaint_file", "inpainting with a mask image file (white = observed)",
+         _inpaint_file, {"path": None, "per_channel": False, "threshold": 0.5}),
+    Task("colorize", "colorization, grey = weighted channel sum (A† = w y / |w|^2)",
+         lambda s, weights: Colorization(weights), {"weights": [1 / 3, 1 / 3, 1 / 3]}),
+    Task("denoise", "denoising, A = I (use with sigma_y > 0)",
+         lambda s: Identity(), {}, sigma_y=0.1),
+    Task("old_photo", "old-photo restoration: scratches (mask) on a grey image (colorization)",
+         lambda s, weights, lines, width, seed: old_photo(
+             scratch_mask(_hw(s), lines, width, seed=seed), weights),
+         {"weights": [1 / 3, 1 / 3, 1 / 3], "lines": 8, "width": 1, "seed": 0}, seeded=True),
+]}
+
+
+def list_tasks() -> list[str]:
+    """The names of the registered tasks, in registry order."""
+    return list(TASKS)
+
+
+def _task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def task_defaults(name: str) -> dict[str, Any]:
+    """A copy of a task's default parameters."""
+    return copy.deepcopy(_task(name).defaults)
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "__fspath__"):
+        import os
+
+        return os.fspath(value)
+    return value
+
+
+def make_operator(name: str, image_shape, generator: torch.Generator | None = None,
+                  sigma_y: float | None = None, **overrides) -> Operator:
+    """The operator of task ``name`` for images of shape (C, H, W), defaults overridden by keyword.
+
+    For seeded tasks (random masks), ``seed`` defaults to 0; with a ``generator`` and no explicit
+    ``seed``, the seed is drawn from it. The parameters used are stored (JSON-serialisable) in
+    ``operator.task_config`` = {"task", "image_shape", "params", "sigma_y"}. The operator is
+    checked against the image shape (e.g. a scale factor that does not divide it raises here).
+    """
+    task = _task(name)
+    shape = _as_shape(image_shape)
+    unknown = sorted(set(overrides) - set(task.defaults))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for task {name!r}; "
+                         f"its parameters are: {', '.join(task.defaults) or 'none'}")
+    params = task_defaults(name)
+    params.update({k: _jsonable(v) for k, v in overrides.items()})
+    if task.seeded and "seed" not in overrides and generator is not None:
+        params["seed"] = int(torch.randint(0, 2 ** 31 - 1, (), generator=generator))
+    op = task.build(shape, **params)
+    op.y_shape(shape)
+    op.task_config = {"task": name, "image_shape": list(shape), "params": params,
+                      "sigma_y": float(task.sigma_y if sigma_y is None else sigma_y)}
+    json.dumps(op.task_config)  # fail here, not when the CLI saves it
+    return op
+
+
+def operator_from_config(config: dict | str) -> Operator:
+    """Rebuild an operator from ``operator.task_config`` (a dict or its JSON text)."""
+    if isinstance(config, str):
+        config = json.loads(config)
+    try:
+        name, shape, params = config["task"], config["image_shape"], config["params"]
+    except (KeyError, TypeError):
+        raise ValueError("config must be a dict with keys 'task', 'image_shape', 'params'") from None
+    return make_operator(name, shape, sigma_y=config.get("sigma_y"), **params)
+
+
+def describe_tasks() -> str:
+    """A Markdown table of the tasks and their default parameters."""
+    rows = ["| task | operator | default parameters | σ_y |", "|---|---|---|---|"]
+    for t in TASKS.values():
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.defaults.items()) or "—"
+        rows.append(f"| `{t.name}` | {t.description} | {params} | {t.sigma_y:g} |")
+    return "\n".join(rows)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "(" + ", ".join(_fmt(x) for x in v) + ")"
+    if isinstance(v, str) and len(v) > 20:
+        return repr(v[:17] + "...")
+    return repr(v) if isinstance(v, str) else str(v)
