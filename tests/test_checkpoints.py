@@ -245,6 +245,8 @@ def test_module_prefixed_pt_with_inferred_config(tmp_path):
     path = tmp_path / "adm.pt"
     torch.save({"module." + k: v for k, v in _sd("adm").items()}, path)
     assert set(read_state_dict(path)) == set(_sd("adm"))
+    with pytest.warns(UserWarning, match="num_head_channels=-1.*image_size=256"):
+        load_prior(path)                           # guessed settings are announced
     # the head width and the resolution are not in the weights: the small model uses 16-channel heads
     prior = load_prior(path, num_head_channels=16, image_size=32)
     assert prior.config["channel_mult"] == (1, 1, 1) and prior.config["attention_resolutions"] == (2, 4)

@@ -24,6 +24,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -865,6 +866,17 @@ def load_prior(path: str | os.PathLike, *, device: str | torch.device | None = N
                     f"looks like a {_FORMAT_NAMES['adm']}, but its configuration cannot be inferred from "
                     f"the shapes ({exc}); pass the config as keyword overrides")) from None
         config = _apply_adm_overrides(config, config_overrides)
+        if meta_config is None:   # announce what the weights could not tell
+            public = shapes in (_reference_shapes("adm_256_uncond"), _reference_shapes("adm_256_cond"))
+            guessed = [k for k in ("num_head_channels", "image_size") if k not in config_overrides
+                       and not (k == "num_head_channels" and "num_heads" in config_overrides)]
+            if not public and guessed:
+                warnings.warn(
+                    f"{shown}: ADM settings not stored in the weights were assumed: "
+                    + ", ".join(f"{k}={config[k]}" for k in guessed)
+                    + (f" (num_heads={config['num_heads']})" if config["num_head_channels"] == -1 else "")
+                    + ". Pass them to load_prior if the model was trained otherwise (wrong attention heads "
+                      "give wrong ε without any error).", stacklevel=2)
         if config_overrides:
             how += " (with overrides)"
         config["use_fp16"] = False   # precision is the dtype argument
