@@ -95,7 +95,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          {"text": DEFAULT_TEXT, "font_size": None, "repeat": True}),
     Task("inpaint_file", "inpainting with a mask image file (white = observed)",
          _inpaint_file, {"path": None, "per_channel": False, "threshold": 0.5}),
-    Task("colorize", "colorization, grey = weighted channel sum (A† = w y / |w|^2)",
+    Task("colorize", "colorization, grey = weighted channel sum (A† = w y / ‖w‖²)",
          lambda s, weights: Colorization(weights), {"weights": [1 / 3, 1 / 3, 1 / 3]}),
     Task("denoise", "denoising, A = I (use with sigma_y > 0)",
          lambda s: Identity(), {}, sigma_y=0.1),
