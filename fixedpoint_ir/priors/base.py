@@ -73,6 +73,23 @@ class Prior(nn.Module, ABC):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.eps(x, t)
 
+    @staticmethod
+    def from_checkpoint(path, **kwargs) -> "Prior":
+        """A prior from a checkpoint file or folder (ADM, DDPM, diffusers, plain state dicts).
+
+        See :func:`fixedpoint_ir.priors.checkpoints.load_prior` for the formats and options.
+        """
+        from .checkpoints import load_prior
+
+        return load_prior(path, **kwargs)
+
+    @staticmethod
+    def default(device=None, max_batch: int | None = None) -> "Prior":
+        """The shipped default prior (a small U-Net trained on shipped photos; any image size)."""
+        from .default import default_prior
+
+        return default_prior(device=device, max_batch=max_batch)
+
 
 class ModulePrior(Prior):
     """Turn any ε-network ``module(x, t)`` into a :class:`Prior`.
