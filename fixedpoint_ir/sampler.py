@@ -60,14 +60,16 @@ class Sampler:
         prior: the ε-network (:class:`~fixedpoint_ir.priors.Prior`).
         operator: the degradation (``None``: unconditional DDIM).
         solver: a :class:`~fixedpoint_ir.solver.FixedPointSolver` or a registered name
-            (``"picard"``, ``"anderson"``, ``"broyden"``, ``"torchdeq"``).
+            (``"triangular"`` — the default, see ``backends/triangular.py`` —, ``"picard"``,
+            ``"anderson"``, ``"broyden"``, ``"torchdeq"``).
         steps: T, the number of DDIM steps (uniform subsequence of the prior's schedule).
         etw: η of the paper (weight of ε in the step: c2 = √(1−b)·√(1−etw²)).
         nw: weight of fresh noise ξ_j (c1 = √(1−b)·nw); 0 in the reference code.
         noise: ``"per_step"`` (a fresh ξ_j per step, the faithful default) or ``"shared"``.
-        init: initial guess of the states: ``"x_T"`` on every row (the published choice),
-            ``"observation"``: √b_j A†y + √(1−b_j) x_T, or ``"surrogate"``: the chain run with the
-            Gaussian surrogate of ε instead of the network (free: no network call).
+        init: initial guess of the states: ``"surrogate"`` (default): the chain run with the
+            Gaussian surrogate of ε instead of the network (free: no network call); ``"x_T"`` on
+            every row (the published choice); ``"observation"``: √b_j A†y + √(1−b_j) x_T. The
+            answer never depends on it, only the number of rounds.
         surrogate: (mean, var) of the per-pixel Gaussian data model behind the surrogate ε, used by
             ``init="surrogate"`` and by the triangular solver's linearisation.
         closed_form: replay F with the vectorised closed form of Proposition 1 (projector operators).
@@ -77,9 +79,9 @@ class Sampler:
             :meth:`~fixedpoint_ir.operators.Operator.noisy_consistency` (no closed form then).
     """
 
-    def __init__(self, prior: Prior, operator=None, solver: str | FixedPointSolver = "picard", *,
+    def __init__(self, prior: Prior, operator=None, solver: str | FixedPointSolver = "triangular", *,
                  steps: int = 20, etw: float = 0.1, nw: float = 0.0, noise: str = "per_step",
-                 init: str = "x_T", closed_form: bool = False, progress: bool = False,
+                 init: str = "surrogate", closed_form: bool = False, progress: bool = False,
                  sigma_y: float = 0.0, surrogate: tuple[float, float] = (0.0, 0.25)):
         if not isinstance(prior, Prior):
             raise TypeError(f"prior must be a fixedpoint_ir Prior, got {type(prior).__name__}; "
@@ -335,7 +337,8 @@ class _DDNMPlusChain(Chain):
 
 
 class _ClosedFormMap:
-    """F through the closed form of Proposition 1; partial rows fall back to the replay."""
+    """F through the closed form of Proposition 1; partial rows and the step-level interface of
+    structure-aware solvers (``step``, ``eps_at``, …) are the chain's own."""
 
     def __init__(self, chain: Chain):
         self.chain = chain
@@ -346,3 +349,6 @@ class _ClosedFormMap:
 
     def rows(self, z: Tensor, start: int, stop: int) -> Tensor:
         return self.chain.rows(z, start, stop)
+
+    def __getattr__(self, name):
+        return getattr(self.chain, name)

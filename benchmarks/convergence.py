@@ -1,0 +1,266 @@
+"""How many rounds and network evaluations each solver needs to reach the sequential answer.
+
+For every problem and solver configuration: rounds and NFEs (per image) until the restored image
+is within 1e-3 of the sequential chain (max-abs error relative to the image's max), what the
+solver reports when it stops (rounds, NFEs, status, true error: the honest-stopping check),
+solver overhead as a share of the round time, and wall-clock of the parallel solve next to the
+sequential sampler, measured in the same run. Writes ``convergence.md`` and one PNG per problem
+(residual vs round and error vs round, one curve per solver) to ``--out``.
+
+    python benchmarks/convergence.py                      # everything (learned prior if shipped)
+    python benchmarks/convergence.py --problems analytic  # the analytic mixture prior only
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fixedpoint_ir import GaussianMixturePrior, Sampler
+from fixedpoint_ir.backends import Anderson, Broyden, Picard, Triangular
+from fixedpoint_ir.operators import AveragePool, Colorization, Mask
+
+TARGET = 1e-3
+
+
+@dataclass
+class Config:
+    name: str
+    make: callable
+    init: str = "x_T"
+    baseline: bool = False
+
+
+CONFIGS = [
+    Config("Picard (baseline)", lambda T: Picard(tol=0.0), baseline=True),
+    Config("Anderson, published (baseline)", lambda T: Anderson.published(max_rounds=T), baseline=True),
+    Config("Anderson, triangular", lambda T: Anderson(tol=0.0, max_rounds=T, mixing="triangular",
+                                                      exact_prefix=True)),
+    Config("Broyden", lambda T: Broyden(tol=1e-4, max_rounds=T)),
+    Config("Triangular, no linearisation", lambda T: Triangular(tol=TARGET, linearize="none")),
+    Config("Triangular, secant", lambda T: Triangular(tol=TARGET)),
+    Config("Triangular, secant, noise-scaled tol", lambda T: Triangular(tol=TARGET, row_tol="noise")),
+    Config("Triangular, secant + surrogate init", lambda T: Triangular(tol=TARGET), init="surrogate"),
+    Config("Triangular, secant, window 12 + surrogate init",
+           lambda T: Triangular(tol=TARGET, window=12), init="surrogate"),
+]
+
+
+class TimedPrior:
+    """Adds up the seconds spent inside the network (to separate solver overhead)."""
+
+    def __init__(self, prior):
+        self.prior, self.seconds = prior, 0.0
+        self._original = prior.predict_eps
+
+        def timed(x, t):
+            start = time.perf_counter()
+            out = self._original(x, t)
+            self.seconds += time.perf_counter() - start
+            return out
+
+        prior.predict_eps = timed
+
+
+@dataclass
+class Outcome:
+    errors: list = field(default_factory=list)
+    residuals: list = field(default_factory=list)
+    nfes: list = field(default_factory=list)
+    rounds: int = 0
+    nfe: int = 0
+    status: str = ""
+    final_error: float = float("nan")
+    seconds: float = 0.0
+    network_seconds: float = 0.0
+
+    def first_within(self, target=TARGET):
+        for k, err in enumerate(self.errors):
+            if err <= target:
+                return k + 1, self.nfes[k]
+        return None, None
+
+
+def relative_error(image, reference):
+    return float((image - reference).abs().max() / reference.abs().max())
+
+
+def run_config(prior, operator, y, steps, config, seed, reference):
+    solver = config.make(steps)
+    sampler = Sampler(prior, operator, solver, steps=steps, etw=0.1, nw=0.0, init=config.init)
+    timer = TimedPrior(prior)
+    out = Outcome()
+    box = {}
+    original_chain = sampler.chain
+
+    def chain(*args, **kwargs):
+        box["chain"] = original_chain(*args, **kwargs)
+        return box["chain"]
+
+    sampler.chain = chain
+    returns_iterate = isinstance(solver, Anderson) and not solver.return_image
+
+    def callback(info):
+        image = (info.z if returns_iterate else info.fz)[-1]
+        out.errors.append(relative_error(image, reference))
+        out.residuals.append(info.residual)
+        out.nfes.append(box["chain"].nfe)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        start = time.perf_counter()
+        result = sampler.restore(y, generator=torch.Generator().manual_seed(seed), callback=callback)
+        out.seconds = time.perf_counter() - start
+    prior.predict_eps = timer._original
+    out.network_seconds = timer.seconds
+    out.rounds, out.nfe, out.status = result.rounds, result.nfe, result.status.value
+    out.final_error = relative_error(result.image, reference)
+    return out
+
+
+def sequential_reference(prior, operator, y, steps, seed):
+    sampler = Sampler(prior, operator, "picard", steps=steps, etw=0.1, nw=0.0)
+    start = time.perf_counter()
+    result = sampler.sequential(y, generator=torch.Generator().manual_seed(seed))
+    return result.image, time.perf_counter() - start
+
+
+def analytic_problems(size=32):
+    gen = torch.Generator().manual_seed(0)
+    prior = GaussianMixturePrior(mu=0.5, var=0.05)
+    # Ground truth drawn from the prior itself.
+    sign = torch.where(torch.rand(1, 3, size, size, generator=gen) < 0.5, -1.0, 1.0)
+    x = (0.5 * sign + 0.05 ** 0.5 * torch.randn(1, 3, size, size, generator=gen)).clamp(-1, 1)
+    mask = torch.rand(size, size, generator=gen) > 0.5
+    ops = {"sr4": AveragePool(4), "inpaint (50 % pixels)": Mask(mask), "colorize": Colorization()}
+    for steps in (20, 50):
+        for name, op in ops.items():
+            yield f"mixture prior 3×{size}×{size}, {name}, T = {steps}", prior, op, op.A(x), steps
+
+
+def learned_problems(size=64):
+    from fixedpoint_ir.operators.tasks import make_operator
+    from fixedpoint_ir.photos import HOLDOUT, holdout_crop
+    from fixedpoint_ir.priors.default import default_prior
+
+    prior = default_prior()
+    for task in ("sr4", "deblur_gauss", "inpaint_random"):
+        for photo in HOLDOUT:
+            x = holdout_crop(photo, size, scale=0.25)[None]
+            op = make_operator(task, tuple(x.shape[1:]), generator=torch.Generator().manual_seed(0))
+            yield f"learned prior, {photo} 64×64, {task}, T = 20", prior, op, op.A(x), 20
+
+
+def plot(problem, outcomes, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, out in outcomes.items():
+        rounds = range(1, len(out.errors) + 1)
+        axes[0].semilogy(rounds, [max(r, 1e-16) for r in out.residuals], marker=".", label=name)
+        axes[1].semilogy(rounds, [max(e, 1e-16) for e in out.errors], marker=".", label=name)
+    axes[0].set(title="solver residual", xlabel="round", ylabel="residual (solver's own measure)")
+    axes[1].axhline(TARGET, color="k", lw=0.8, ls="--")
+    axes[1].set(title="error of the restored image vs sequential", xlabel="round",
+                ylabel="max |x − x*| / max |x*|")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(problem, fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def slug(text):
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")[:80]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", choices=["analytic", "learned", "all"], default="all")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    problems = []
+    if args.problems in ("analytic", "all"):
+        problems += list(analytic_problems())
+    if args.problems in ("learned", "all"):
+        problems += list(learned_problems())
+
+    lines = [
+        "# Convergence of the parallel solvers",
+        "",
+        f"Command: `python benchmarks/convergence.py --problems {args.problems}` "
+        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, Python {platform.python_version()}).",
+        "",
+        f"*to {TARGET:g}*: first round whose restored image is within {TARGET:g} (max-abs, relative to "
+        "the image's max) of the sequential chain, and the NFEs (network evaluations per image) spent by "
+        "then. *stop*: what the solver returns when it stops by its own rule, with the true error of "
+        "that image. *overhead*: share of the solve's wall-clock spent outside the network. *par/seq*: "
+        "wall-clock of the parallel solve over the sequential sampler, same run.",
+        "",
+    ]
+    summary = []
+    for problem, prior, op, y, steps in problems:
+        reference, seq_seconds = sequential_reference(prior, op, y, steps, args.seed)
+        outcomes = {}
+        for config in CONFIGS:
+            outcomes[config.name] = run_config(prior, op, y, steps, config, args.seed, reference)
+            print(problem, "|", config.name, "|", outcomes[config.name].first_within(),
+                  outcomes[config.name].rounds, outcomes[config.name].status, flush=True)
+        lines += [f"## {problem}", "",
+                  f"Sequential sampler: {steps} network calls, {seq_seconds:.2f} s.", "",
+                  f"| solver | rounds to {TARGET:g} | NFEs to {TARGET:g} | stop: rounds | stop: NFEs | "
+                  "stop: status | stop: error | overhead | par/seq wall-clock |",
+                  "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+        for name, out in outcomes.items():
+            k, nfe = out.first_within()
+            overhead = 1 - out.network_seconds / out.seconds if out.seconds else float("nan")
+            lines.append(f"| {name} | {k if k else '—'} | {nfe if nfe else '—'} | {out.rounds} | {out.nfe} | "
+                         f"{out.status} | {out.final_error:.1e} | {overhead:.1%} | "
+                         f"{out.seconds / seq_seconds:.2f} |")
+            summary.append((problem, name, steps, k, nfe, out))
+        png = args.out / f"convergence_{slug(problem)}.png"
+        plot(problem, outcomes, png)
+        lines += ["", f"![{problem}]({png.name})", ""]
+    # Targets of the issue, checked on the best configuration per problem.
+    lines += ["## Targets", "",
+              "| problem | best configuration | rounds to 1e-3 (≤ T/3) | NFEs (≤ 2.5·T) | "
+              "rounds vs Picard | honest stop (error ≤ 1e-3 when converged) |",
+              "|---|---|---:|---:|---:|---|"]
+    for problem in dict.fromkeys(p for p, *_ in summary):
+        rows = [r for r in summary if r[0] == problem]
+        picard = next(r for r in rows if r[1].startswith("Picard"))
+        candidates = [r for r in rows if r[3] is not None]
+        best = min(candidates, key=lambda r: (r[3] > r[2] / 3, r[4] > 2.5 * r[2], r[3], r[4]))
+        steps = best[2]
+        honest = all(r[5].final_error <= TARGET for r in rows
+                     if r[5].status == "converged" and r[1].startswith("Triangular")
+                     and "noise" not in r[1])
+        lines.append(f"| {problem} | {best[1]} | {best[3]} {'✓' if best[3] <= steps / 3 else '✗'} | "
+                     f"{best[4]} {'✓' if best[4] <= 2.5 * steps else '✗'} | {best[3]} vs {picard[3]} | "
+                     f"{'✓' if honest else '✗'} |")
+    text = "\n".join(lines) + "\n"
+    path = args.out / "convergence.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
