@@ -255,7 +255,7 @@ def main(argv=None):
                      f"{best[4]} {'✓' if best[4] <= 2.5 * steps else '✗'} | {best[3]} vs {picard[3]} | "
                      f"{'✓' if honest else '✗'} |")
     text = "\n".join(lines) + "\n"
-    path = args.out / "convergence.md"
+    path = args.out / f"convergence_{args.problems}.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(path)

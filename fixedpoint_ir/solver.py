@@ -1,9 +1,9 @@
 """The FixedPointSolver interface, its report, and the name → solver registry.
 
 A solver finds z with z = F(z) for a map F that is strictly lower triangular along axis 0 of z
-(row j of F(z) depends only on rows < j of z). Solvers never know about images or diffusion; the
-structure-aware ones may use ``f.rows(z, start, stop)`` (rows [start, stop) of F, replayed from
-row start − 1) and ``f.row_scales`` (a per-row scale for tolerances) when the map provides them.
+(row j of F(z) depends only on rows < j of z). Generic solvers only call ``f(z)``; the
+structure-aware ``Triangular`` solver uses the recurrence behind F (``step``, ``eps_at``,
+``surrogate_eps``: see ``backends/triangular.py``). Solvers never know about images or diffusion.
 """
 from __future__ import annotations
 
