@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fixedpoint_ir import GaussianMixturePrior, ModulePrior, Sampler
-from fixedpoint_ir.backends import Anderson, Picard
+from fixedpoint_ir.backends import Picard
 from fixedpoint_ir.operators import AveragePool
 
 DTYPE = torch.float64
