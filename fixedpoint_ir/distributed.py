@@ -293,20 +293,6 @@ class DistributedPrior(Prior):
         return f"rank={self.rank}, world_size={self.world_size}, backend={self.backend}, check={self.check}"
 
     # -- the round ---------------------------------------------------------------------------------
-    def _normalise(self, x: Tensor, t) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (N, C, H, W), got {shape}")
-        t = torch.as_tensor(t, device=x.device)
-        if t.dtype.is_floating_point and not torch.equal(t, t.round()):
-            raise ValueError("t must hold integer timesteps")
-        t = t.to(torch.long)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape ({x.shape[0]},) to match x, got {tuple(t.shape)}")
-        return t
-
     def _comm_device(self, x: Tensor) -> torch.device:
         # NCCL talks CUDA tensors; gloo's all_gather wants CPU tensors.
         return x.device if self.backend == "nccl" else torch.device("cpu")
@@ -324,7 +310,7 @@ class DistributedPrior(Prior):
 
     def eps(self, x: Tensor, t) -> Tensor:
         """ε for the whole batch x (N, C, H, W): this rank's contiguous slice, then all-gather."""
-        t = self._normalise(x, t)
+        t = self.check_input(x, t)
         self.calls += 1
         n, world = x.shape[0], self.world_size
         sizes = split_sizes(n, world)

@@ -49,14 +49,14 @@ class Prior(nn.Module, ABC):
     def predict_eps(self, x: Tensor, t: Tensor) -> Tensor:
         """ε for one chunk: x of shape (N, C, H, W), t an int64 tensor of shape (N,)."""
 
-    def eps(self, x: Tensor, t: Tensor) -> Tensor:
-        """ε_θ(x, t) for x of shape (N, C, H, W) and integer timesteps t of shape (N,) or ()."""
-        if x.dim() != 4:
-            raise ValueError(f"x must have shape (N, C, H, W), got {tuple(x.shape)}")
+    def check_input(self, x: Tensor, t) -> Tensor:
+        """Validate a network input; returns t as an int64 tensor of shape (N,)."""
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (N, C, H, W), got {shape}")
         t = torch.as_tensor(t, device=x.device)
-        if t.dtype.is_floating_point:
-            if not torch.equal(t, t.round()):
-                raise ValueError("t must hold integer timesteps")
+        if t.dtype.is_floating_point and not torch.equal(t, t.round()):
+            raise ValueError("t must hold integer timesteps")
         t = t.to(torch.long)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
@@ -65,6 +65,11 @@ class Prior(nn.Module, ABC):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_train_steps):
             raise ValueError(f"t must lie in [0, {self.num_train_steps}), got values in "
                              f"[{int(t.min())}, {int(t.max())}]")
+        return t
+
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        """ε_θ(x, t) for x of shape (N, C, H, W) and integer timesteps t of shape (N,) or ()."""
+        t = self.check_input(x, t)
         chunk = self.max_batch or max(x.shape[0], 1)
         if x.shape[0] <= chunk:
             return self.predict_eps(x, t)
