@@ -144,14 +144,14 @@ def analytic_problems(size=32):
             yield f"mixture prior 3×{size}×{size}, {name}, T = {steps}", prior, op, op.A(x), steps
 
 
-def learned_problems(size=64):
+def learned_problems(photos=None, size=64):
     from fixedpoint_ir.operators.tasks import make_operator
     from fixedpoint_ir.photos import HOLDOUT, holdout_crop
     from fixedpoint_ir.priors.default import default_prior
 
     prior = default_prior()
     for task in ("sr4", "deblur_gauss", "inpaint_random"):
-        for photo in HOLDOUT:
+        for photo in photos or HOLDOUT:
             x = holdout_crop(photo, size, scale=0.25)[None]
             op = make_operator(task, tuple(x.shape[1:]), generator=torch.Generator().manual_seed(0))
             yield f"learned prior, {photo} 64×64, {task}, T = 20", prior, op, op.A(x), 20
@@ -191,6 +191,8 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--photos", nargs="+", default=None,
+                        help="hold-out photos for the learned-prior problems (default: all three)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -198,12 +200,12 @@ def main(argv=None):
     if args.problems in ("analytic", "all"):
         problems += list(analytic_problems())
     if args.problems in ("learned", "all"):
-        problems += list(learned_problems())
+        problems += list(learned_problems(args.photos))
 
     lines = [
         "# Convergence of the parallel solvers",
         "",
-        f"Command: `python benchmarks/convergence.py --problems {args.problems}` "
+        f"Command: `python benchmarks/convergence.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
         f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, Python {platform.python_version()}).",
         "",
