@@ -1,0 +1,226 @@
+"""The command line, run in-process on tiny images (and once as ``python -m fixedpoint_ir``)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fixedpoint_ir.cli import main
+from fixedpoint_ir.images import read_image, write_image
+from fixedpoint_ir.operators.tasks import operator_from_config
+
+PIL = pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+FAST = ["--steps", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """A 32x32 crop of a hold-out photo, as a PNG."""
+    from fixedpoint_ir.photos import holdout_crop
+
+    path = tmp_path_factory.mktemp("photos") / "face.png"
+    write_image(holdout_crop("astronaut", 32, scale=0.125)[None], path)
+    return path
+
+
+def _fails(capsys, argv, *fragments) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, err
+    return err
+
+
+def test_module_help_runs():
+    out = subprocess.run([sys.executable, "-m", "fixedpoint_ir", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "restore" in out.stdout and "demo" in out.stdout
+    assert main(["restore", "--help"]) == 0
+
+
+def test_degrade_restore_sr4_chain(tmp_path, photo, capsys):
+    y_path = tmp_path / "y.png"
+    assert main(["degrade", str(photo), "-o", str(y_path), "--task", "sr4"]) == 0
+    assert Image.open(y_path).size == (8, 8)
+    side = json.loads((tmp_path / "y.png.json").read_text())
+    assert side["task_config"]["task"] == "sr4" and side["image_shape"] == [3, 32, 32]
+    out, fig = tmp_path / "r.png", tmp_path / "cmp.png"
+    assert main(["restore", str(y_path), "-o", str(out), "--compare", str(fig),
+                 "--ground-truth", str(photo), "--steps", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "rounds" in captured.out and "NFEs" in captured.out and "PSNR" in captured.out
+    assert "y.png.json" in captured.err  # the sidecar was found and said so
+    assert fig.stat().st_size > 1000
+    restored, _ = read_image(out)
+    y, _ = read_image(y_path)
+    op = operator_from_config(side["task_config"])
+    assert restored.shape == (1, 3, 32, 32)
+    # data consistency with the (quantised) observation, up to clamping and 8-bit rounding
+    assert float((op.A(restored) - y).abs().mean()) < 0.01
+    assert float((op.A(restored) - y).abs().max()) < 0.1
+
+
+def test_degrade_restore_inpaint_random_chain(tmp_path, photo, capsys):
+    y_path = tmp_path / "masked.png"
+    assert main(["degrade", str(photo), "-o", str(y_path), "--task", "inpaint_random",
+                 "--param", "missing=0.8", "--seed", "7"]) == 0
+    side = json.loads((tmp_path / "masked.png.json").read_text())
+    assert side["task_config"]["params"] == {"missing": 0.8, "per_channel": False, "seed": 7}
+    op = operator_from_config(side["task_config"])
+    saved = np.asarray(Image.open(tmp_path / "masked.png.mask.png")) > 127
+    assert np.array_equal(saved, op.mask.numpy()) and abs(saved.mean() - 0.2) < 0.01
+    # restore with the config given explicitly, from a copy of the observation elsewhere
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    (elsewhere / "obs.png").write_bytes(y_path.read_bytes())
+    out = tmp_path / "r.png"
+    assert main(["restore", str(elsewhere / "obs.png"), "-o", str(out), "--config",
+                 str(tmp_path / "masked.png.json"), *FAST]) == 0
+    restored, _ = read_image(out)
+    y, _ = read_image(y_path)
+    m = op.mask.bool()
+    assert float((restored - y)[..., m].abs().max()) < 2.5 / 255  # observed pixels kept
+    assert float((restored - y)[..., ~m].abs().mean()) > 0.02       # missing ones filled in
+    # --mask rebuilds the same operator from the mask image alone
+    out2 = tmp_path / "r2.png"
+    assert main(["restore", str(elsewhere / "obs.png"), "-o", str(out2), "--mask",
+                 str(tmp_path / "masked.png.mask.png"), "--sequential", *FAST]) == 0
+    # same operator, same seed: the sequential chain gives the parallel answer (8-bit files)
+    assert float((read_image(out2)[0] - restored).abs().max()) <= 2.5 / 255
+
+
+def test_colorize_chain_reads_grey_and_colour(tmp_path, photo, capsys):
+    y_path = tmp_path / "grey.png"
+    assert main(["degrade", str(photo), "-o", str(y_path), "--task", "colorize"]) == 0
+    assert Image.open(y_path).mode == "L"
+    out = tmp_path / "c.png"
+    assert main(["restore", str(y_path), "-o", str(out), *FAST]) == 0
+    restored, _ = read_image(out)
+    y, _ = read_image(y_path)
+    op = operator_from_config(json.loads((tmp_path / "grey.png.json").read_text())["task_config"])
+    # consistent wherever clamping to the image range did not cut a channel
+    inside = (restored.abs() < 0.99).all(dim=1, keepdim=True)
+    assert inside.float().mean() > 0.5
+    assert float((op.A(restored) - y[:, :1])[inside].abs().max()) < 3 / 255
+    # a colour image given to colorize is turned into grey with the task's weights (a note)
+    out2 = tmp_path / "c2.png"
+    assert main(["restore", str(photo), "-o", str(out2), "--task", "colorize", "--steps", "2",
+                 "--sequential"]) == 0
+    assert "grey channel" in capsys.readouterr().err
+
+
+def test_several_inputs_go_to_a_folder(tmp_path, photo, capsys):
+    for name in ("a", "b"):
+        assert main(["degrade", str(photo), "-o", str(tmp_path / f"{name}.png"), "--task", "sr2",
+                     "--quiet"]) == 0
+    outdir = tmp_path / "out"
+    assert main(["restore", str(tmp_path / "*.png"), "-o", str(outdir), "--steps", "2",
+                 "--sequential"]) == 0
+    assert sorted(p.name for p in outdir.iterdir()) == ["a.png", "b.png"]
+    assert capsys.readouterr().out.count("sequential") == 2
+
+
+def test_input_conversions_are_noted(tmp_path, photo, capsys):
+    grey = tmp_path / "grey16.png"
+    Image.fromarray((np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)).save(grey)
+    assert main(["degrade", str(grey), "-o", str(tmp_path / "y.png"), "--task", "sr2"]) == 0
+    assert "16-bit" in capsys.readouterr().err
+    rgba = tmp_path / "rgba.png"
+    Image.open(photo).convert("RGBA").save(rgba)
+    assert main(["degrade", str(rgba), "-o", str(tmp_path / "y2.png"), "--task", "sr2"]) == 0
+    assert "alpha" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_with_status_2(tmp_path, photo, capsys):
+    _fails(capsys, ["restore", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o.png"),
+                    "--task", "sr4"], "not found", "missing.png")
+    bad = tmp_path / "bad.png"
+    bad.write_text("this is not a PNG")
+    _fails(capsys, ["degrade", str(bad), "-o", str(tmp_path / "o.png"), "--task", "sr4"],
+           "cannot read", "bad.png")
+    _fails(capsys, ["degrade", str(photo), "-o", str(photo), "--task", "sr4", "--overwrite"],
+           "is the input")
+    existing = tmp_path / "exists.png"
+    existing.write_bytes(photo.read_bytes())
+    _fails(capsys, ["degrade", str(photo), "-o", str(existing), "--task", "sr4"],
+           "already exists", "--overwrite")
+    assert main(["degrade", str(photo), "-o", str(existing), "--task", "sr4", "--overwrite",
+                 "--quiet"]) == 0
+    _fails(capsys, ["restore", str(existing), "-o", str(existing), "--overwrite"], "is the input")
+    odd = tmp_path / "odd.png"
+    Image.new("RGB", (30, 30)).save(odd)
+    _fails(capsys, ["degrade", str(odd), "-o", str(tmp_path / "o.png"), "--task", "sr4"],
+           "does not divide the image size 30x30")
+    _fails(capsys, ["restore", str(odd), "-o", str(tmp_path / "o.png"), "--task", "nope"],
+           "unknown task", "sr4", "inpaint_random")
+    _fails(capsys, ["restore", str(odd), "-o", str(tmp_path / "o.png"), "--task", "sr2",
+                    "--solver", "nope"], "unknown solver", "picard")
+    _fails(capsys, ["restore", str(odd), "-o", str(tmp_path / "o.xyz"), "--task", "sr2"],
+           "format")
+    _fails(capsys, ["restore", str(odd), "-o", str(tmp_path / "o.png")], "--task")
+    assert not (tmp_path / "o.png").exists()
+    with pytest.raises(ValueError, match="unknown solver"):
+        main(["restore", str(odd), "-o", str(tmp_path / "o.png"), "--task", "sr2", "--solver",
+              "nope", "--debug"])
+    assert main(["restore"]) == 2  # usage error from argparse
+
+
+def test_demo_tiny(tmp_path, capsys):
+    folder = tmp_path / "demo"
+    assert main(["demo", "-o", str(folder), "--size", "32", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["astronaut_sr4_compare.png", "astronaut_sr4_degraded.png",
+                     "astronaut_sr4_ground_truth.png", "astronaut_sr4_restored.png"]
+    assert "PSNR" in out and str(folder / "astronaut_sr4_compare.png") in out
+    _fails(capsys, ["demo", "-o", str(folder), "--size", "32", "--steps", "2"], "already exists")
+
+
+def _fixture_checkpoint() -> Path | None:
+    candidates = [Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "checkpoints"]
+    if os.environ.get("FIXEDPOINT_IR_FIXTURES"):
+        candidates.append(Path(os.environ["FIXEDPOINT_IR_FIXTURES"]))
+    for c in candidates:
+        if (c / "adm_small.safetensors").is_file():
+            return c / "adm_small.safetensors"
+    return None
+
+
+@pytest.mark.skipif(_fixture_checkpoint() is None, reason="checkpoint fixtures not found")
+def test_fixed_size_checkpoint_is_tiled(tmp_path, capsys):
+    """A 32x32 ADM checkpoint restores a 48x48 image tile by tile."""
+    from fixedpoint_ir.photos import holdout_crop
+
+    img = tmp_path / "img.png"
+    write_image(holdout_crop("flower", 48, scale=0.25)[None], img)
+    assert main(["degrade", str(img), "-o", str(tmp_path / "y.png"), "--task", "sr2", "--quiet"]) == 0
+    out = tmp_path / "r.png"
+    assert main(["restore", str(tmp_path / "y.png"), "-o", str(out), "--checkpoint",
+                 str(_fixture_checkpoint()), "--steps", "1", "--sequential"]) == 0
+    assert "2x2 overlapping tiles" in capsys.readouterr().err
+    assert read_image(out)[0].shape == (1, 3, 48, 48)
+
+
+def test_mask_file_chain_survives_moving_the_mask(tmp_path, photo, capsys):
+    """degrade --mask saves a copy of the mask next to the observation; restore uses that copy."""
+    mask = np.ones((32, 32), dtype=np.uint8) * 255
+    mask[8:20, 4:28] = 0
+    user_mask = tmp_path / "my_mask.png"
+    Image.fromarray(mask).save(user_mask)
+    y_path = tmp_path / "y.png"
+    assert main(["degrade", str(photo), "-o", str(y_path), "--mask", str(user_mask), "--quiet"]) == 0
+    user_mask.unlink()
+    out = tmp_path / "r.png"
+    assert main(["restore", str(y_path), "-o", str(out), "--steps", "2", "--sequential", "--quiet"]) == 0
+    restored, y = read_image(out)[0], read_image(y_path)[0]
+    keep = torch.from_numpy(mask > 127)
+    assert float((restored - y)[..., keep].abs().max()) < 2.5 / 255
