@@ -381,6 +381,31 @@ def _run(sampler, y, seed: int, device: torch.device, sequential: bool, console:
     return result
 
 
+def _optimize_noise(sampler, y, args, problem, device, console: _Console) -> torch.Tensor:
+    """--optimize-noise: optimise x_T toward --reference through the equilibrium (DEQ inversion)."""
+    from .images import read_image
+    from .inversion import optimize_noise
+    from .losses import ColorLoss, ReferenceLoss
+
+    if not args.reference:
+        raise CLIError("--optimize-noise needs --reference REF (the image to steer toward)")
+    reference, notes = read_image(Path(args.reference))
+    for note in notes:
+        console.note(f"{args.reference}: {note}")
+    if args.reference_loss == "color":
+        loss = ColorLoss(reference.to(device))
+    else:
+        if tuple(reference.shape[1:]) != tuple(problem.image_shape):
+            raise CLIError(f"the reference {args.reference} is {reference.shape[-2]}x{reference.shape[-1]}, "
+                           f"the restored image is {problem.image_shape[1]}x{problem.image_shape[2]}")
+        loss = ReferenceLoss(reference.to(device), norm=args.reference_loss)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    result = optimize_noise(sampler, y, loss, generator=generator, gradient=args.gradient,
+                            steps=args.opt_steps, lr=args.opt_lr, progress=not args.quiet)
+    console.info(f"noise optimisation: {result.summary()}")
+    return result.image.detach().cpu()
+
+
 def _summary(label: str, result, sampler, sequential: bool) -> str:
     how = "sequential" if sequential else type(sampler.solver).__name__.lower()
     return (f"{label}: {result.status.value}, {result.rounds} rounds, {result.nfe} NFEs, "
@@ -447,6 +472,8 @@ def _panels(problem: Problem, restored: torch.Tensor, gt: torch.Tensor | None):
 # sub-commands
 # ------------------------------------------------------------------------------------------------
 def cmd_restore(args, console: _Console) -> int:
+    if getattr(args, "optimize_noise", False) and not args.reference:
+        raise CLIError("--optimize-noise needs --reference REF (the image to steer toward)")
     from .images import read_image, write_image
 
     inputs = _expand_inputs(args.inputs)
@@ -515,11 +542,15 @@ def cmd_restore(args, console: _Console) -> int:
         sampler = _make_sampler(the_prior, problem.operator, args, problem.sigma_y,
                                 progress=not args.quiet and not args.sequential)
         y = problem.y.to(device)
-        result = _run(sampler, y, args.seed, device, args.sequential, console)
-        image = result.image.detach().cpu()
+        if getattr(args, "optimize_noise", False):
+            image = _optimize_noise(sampler, y, args, problem, device, console)
+        else:
+            result = _run(sampler, y, args.seed, device, args.sequential, console)
+            image = result.image.detach().cpu()
         problem.operator.to("cpu")  # the sampler moved it to the device
         write_image(image, output, overwrite=args.overwrite)
-        line = _summary(problem.source, result, sampler, args.sequential) + f" -> {output}"
+        line = (f"{problem.source} -> {output}" if getattr(args, "optimize_noise", False)
+                else _summary(problem.source, result, sampler, args.sequential) + f" -> {output}")
         if gt is not None:
             line += f"; {_scores(image, gt)} (A†y: {_scores(problem.operator.A_pinv(problem.y), gt)})"
         console.info(line)
@@ -732,6 +763,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="override a task parameter, e.g. --param missing=0.8 (repeatable)")
     r.add_argument("--compare", metavar="FIG.png", help="write a side-by-side figure")
+    o = r.add_argument_group("noise optimisation (DEQ inversion)")
+    o.add_argument("--optimize-noise", action="store_true",
+                   help="optimise x_T so that the restoration approaches --reference")
+    o.add_argument("--reference", metavar="REF", help="reference image for --optimize-noise")
+    o.add_argument("--reference-loss", choices=["l2", "l1", "color"], default="l2",
+                   help="distance to the reference: l2 / l1, or color (low-frequency colour, for "
+                        "reference-based colorization; default l2)")
+    o.add_argument("--opt-steps", type=_pos_int, default=20, metavar="N",
+                   help="most optimisation steps (default 20)")
+    o.add_argument("--opt-lr", type=float, default=0.05, metavar="LR", help="Adam learning rate (default 0.05)")
+    o.add_argument("--gradient", choices=["implicit", "one_step", "unrolled"], default="implicit",
+                   help="gradient with respect to x_T (default implicit: exact, memory independent of T)")
     r.add_argument("--ground-truth", metavar="GT", help="clean image, for scores and the figure")
     _sampler_options(r)
     _common(r)

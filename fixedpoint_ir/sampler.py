@@ -292,8 +292,8 @@ class Sampler:
 
         def on_round(info: RoundInfo) -> None:
             if bar is not None:
+                bar.set_postfix(residual=f"{info.residual:.2e}", refresh=False)
                 bar.update(1)
-                bar.set_postfix(residual=f"{info.residual:.2e}")
             if callback is not None:
                 callback(info)
 
@@ -303,6 +303,7 @@ class Sampler:
                 report = self.solver.solve(f, z0, on_round)
         finally:
             if bar is not None:
+                bar.total = bar.n  # a solver that stops early ends the bar at 100 %
                 bar.close()
         seconds = time.perf_counter() - start
         if report.status is Status.DIVERGED:

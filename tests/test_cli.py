@@ -224,3 +224,15 @@ def test_mask_file_chain_survives_moving_the_mask(tmp_path, photo, capsys):
     restored, y = read_image(out)[0], read_image(y_path)[0]
     keep = torch.from_numpy(mask > 127)
     assert float((restored - y)[..., keep].abs().max()) < 2.5 / 255
+
+
+def test_restore_with_noise_optimisation_toward_a_reference(tmp_path, photo, capsys):
+    y_path = tmp_path / "y.png"
+    assert main(["degrade", str(photo), "-o", str(y_path), "--task", "sr4", "--quiet"]) == 0
+    out = tmp_path / "r.png"
+    assert main(["restore", str(y_path), "-o", str(out), "--steps", "2", "--optimize-noise",
+                 "--reference", str(photo), "--opt-steps", "1", "--gradient", "one_step"]) == 0
+    assert "noise optimisation" in capsys.readouterr().out
+    assert read_image(out)[0].shape == (1, 3, 32, 32)
+    _fails(capsys, ["restore", str(y_path), "-o", str(tmp_path / "r2.png"), "--optimize-noise"],
+           "--optimize-noise needs --reference")
