@@ -46,3 +46,20 @@ def ground_truth(size: int = 8, n: int = 1, seed: int = 1, dtype=torch.float64):
 
 def observe(operator, x):
     return None if operator is None else operator.A(x)
+
+
+class FaultyMap:
+    """Wraps F to inject faults: a huge perturbation on call ``kick_at`` (a divergent step), NaN
+    on the calls in ``nan_calls`` (a broken network); F itself otherwise."""
+
+    def __init__(self, chain, kick_at=None, nan_calls=()):
+        self.chain, self.kick_at, self.nan_calls, self.calls = chain, kick_at, nan_calls, 0
+
+    def __call__(self, z):
+        self.calls += 1
+        out = self.chain(z)
+        if self.calls == self.kick_at:
+            out = out + 1e3 * torch.randn_like(out)
+        if self.calls in self.nan_calls:
+            out = out * float("nan")
+        return out

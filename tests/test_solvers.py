@@ -8,7 +8,7 @@ from fixedpoint_ir import GaussianMixturePrior, Sampler, SolverDivergedError, St
 from fixedpoint_ir.backends import Anderson, Broyden, Picard, TorchDEQ
 from fixedpoint_ir.solver import FixedPointSolver, available_solvers
 
-from helpers import OPERATOR_NAMES, CountingPrior, ground_truth, make_operator, observe
+from helpers import OPERATOR_NAMES, CountingPrior, FaultyMap, ground_truth, make_operator, observe
 
 SIZE, STEPS = 8, 10
 
@@ -118,29 +118,17 @@ def test_solver_by_name_and_instance():
     assert isinstance(get_solver("anderson", m=3), Anderson)
 
 
-class _NaNAfter:
-    """Wraps F: returns NaN from the k-th call on (a broken network)."""
-
-    def __init__(self, chain, k):
-        self.chain, self.k, self.calls = chain, k, 0
-
-    def __call__(self, z):
-        self.calls += 1
-        out = self.chain(z)
-        return out * float("nan") if self.calls >= self.k else out
-
-
 @pytest.mark.parametrize("solver", [Picard(), Anderson(), Broyden(safeguard=None), TorchDEQ()])
 def test_nan_is_reported_as_divergence(solver):
     sampler, y = _problem("sr", solver)
     chain = sampler.chain(y)
-    report = solver.solve(_NaNAfter(chain, 2), sampler.initial_states(chain))
+    report = solver.solve(FaultyMap(chain, nan_calls=range(2, 10**6)), sampler.initial_states(chain))
     assert report.status is Status.DIVERGED
 
 
 def test_sampler_raises_on_divergence(monkeypatch):
     sampler, y = _problem("sr", Picard())
-    monkeypatch.setattr(sampler, "fixed_point_map", lambda chain: _NaNAfter(chain, 1))
+    monkeypatch.setattr(sampler, "fixed_point_map", lambda chain: FaultyMap(chain, nan_calls=range(1, 10**6)))
     with pytest.raises(SolverDivergedError, match="diverged") as info:
         sampler.restore(y)
     assert info.value.report.status is Status.DIVERGED

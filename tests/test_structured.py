@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from fixedpoint_ir import GaussianMixturePrior, Sampler, Status
 from fixedpoint_ir.backends import Anderson, Broyden, Picard, Triangular
 
-from helpers import OPERATOR_NAMES, CountingPrior, ground_truth, make_operator, observe
+from helpers import OPERATOR_NAMES, CountingPrior, FaultyMap, ground_truth, make_operator, observe
 
 SIZE, STEPS = 8, 12
 
@@ -168,22 +168,6 @@ def test_persistent_nan_is_reported_as_divergence():
     assert report.status is Status.DIVERGED
 
 
-class _Kick:
-    """Wraps F: on one call adds a huge perturbation (a divergent step); otherwise F itself."""
-
-    def __init__(self, chain, at):
-        self.chain, self.at, self.calls = chain, at, 0
-
-    def __call__(self, z):
-        self.calls += 1
-        out = self.chain(z)
-        if self.calls == self.at:
-            out = out + 1e3 * torch.randn_like(out)
-        elif self.calls == self.at + 1:
-            out = out * float("nan")
-        return out
-
-
 @pytest.mark.parametrize("solver", [Anderson(tol=1e-9, max_rounds=40, mixing="triangular", safeguard=5.0,
                                              exact_prefix=True),
                                     Broyden(tol=1e-9, max_rounds=60, safeguard=5.0)])
@@ -193,7 +177,7 @@ def test_generic_safeguards_catch_divergent_step_and_nan(solver):
     y = observe(op, ground_truth(SIZE))
     chain = sampler.chain(y, generator=torch.Generator().manual_seed(0))
     ref = chain.sequential()
-    report = solver.solve(_Kick(chain, 4), sampler.initial_states(chain))
+    report = solver.solve(FaultyMap(chain, kick_at=4, nan_calls={5}), sampler.initial_states(chain))
     assert report.info["safeguard_fallbacks"] >= 1
     assert report.status is Status.CONVERGED
     assert float((report.solution[-1] - ref[-1]).abs().max()) <= 1e-6
