@@ -13,7 +13,8 @@ The restored image is the last row of the fixed point z* = F(z*; x_T) of the cha
     adjoint system is strictly upper triangular: it is handed to any
     :class:`~fixedpoint_ir.solver.FixedPointSolver` with its rows reversed (then it is lower
     triangular like F, and Picard is exact after T rounds), or solved by back-substitution
-    (``adjoint="sequential"``: T − 1 single-row VJPs, same result). Memory: a few (T, N, C, H, W)
+    (``adjoint="sequential"``, the default: T − 1 single-row VJPs, the same result as T Picard
+    rounds of T − 1 rows each). Memory: a few (T, N, C, H, W)
     tensors and one chunk of network activations — it does not grow with T beyond the batch of T
     states.
 ``one_step`` (the published "phantom" gradient)
@@ -233,10 +234,12 @@ class NoiseGradient:
         mode: ``"implicit"``, ``"one_step"`` or ``"unrolled"``.
         tau, phantom_steps: the damping τ and the number k of damped applications of F of the
             ``one_step`` gradient.
-        adjoint: how ``implicit`` solves the adjoint system: a solver name or
-            :class:`~fixedpoint_ir.solver.FixedPointSolver` (default ``"picard"``, exact after T
-            rounds of T − 1 network VJPs each), or ``"sequential"`` (back-substitution:
-            T − 1 network VJPs in all, the same answer).
+        adjoint: how ``implicit`` solves the adjoint system: ``"sequential"`` (default:
+            back-substitution, row T − 2 down to row 0, T − 1 single-image network VJPs in all,
+            exact), or a solver name / :class:`~fixedpoint_ir.solver.FixedPointSolver` applied to
+            the row-reversed adjoint map (``"picard"``: exact after T rounds of T − 1 VJPs each —
+            the same answer and the same parallel depth for T times the work and a chunk of
+            network activations; a backend only pays off when it stops early on ``adjoint_tol``).
         adjoint_tol: tolerance of a named adjoint solver (0: run until exact). The adjoint system
             is solved for g / ‖g‖, so the tolerance is relative whatever the loss's scale.
         chunk: most state rows per network VJP (default: the prior's ``max_batch``, else all).
@@ -245,7 +248,7 @@ class NoiseGradient:
     def __init__(self, sampler, y: Tensor | None = None, loss: Loss | Callable | None = None, *,
                  noise: Tensor | None = None, generator: torch.Generator | None = None,
                  mode: str = "implicit", tau: float = 0.5, phantom_steps: int = 1,
-                 adjoint: str | FixedPointSolver = "picard", adjoint_tol: float = 0.0,
+                 adjoint: str | FixedPointSolver = "sequential", adjoint_tol: float = 0.0,
                  chunk: int | None = None):
         if mode not in GRADIENTS:
             raise ValueError(f"gradient mode must be one of {GRADIENTS}, got {mode!r}")
@@ -361,7 +364,7 @@ class NoiseGradient:
                 if report.status is not Status.CONVERGED:
                     warnings.warn(f"the adjoint solve stopped with status {report.status.value} after "
                                   f"{report.rounds} rounds: the implicit gradient is approximate "
-                                  "(use adjoint='picard' with adjoint_tol=0, exact after T rounds)",
+                                  "(use adjoint='sequential', or 'picard' with adjoint_tol=0: both exact)",
                                   RuntimeWarning, stacklevel=3)
                 w = report.solution.flip(0)
             grad = lin.grad_x_T(w) * scale
@@ -495,7 +498,7 @@ def optimize_noise(sampler, y: Tensor | None = None, loss: Loss | Callable | Non
                    image_shape: tuple[int, int, int] | None = None, num_images: int = 1,
                    gradient: str = "implicit", steps: int = 50, lr: float = 0.05,
                    optimizer="adam", tau: float = 0.5, phantom_steps: int = 1,
-                   adjoint: str | FixedPointSolver = "picard", adjoint_tol: float = 0.0,
+                   adjoint: str | FixedPointSolver = "sequential", adjoint_tol: float = 0.0,
                    chunk: int | None = None, tol: float | None = 1e-4, patience: int | None = 10,
                    keep_norm: bool = False, warm_start: bool = True,
                    on_zero_gradient: str = "raise", zero_gradient_rtol: float | None = None,
