@@ -8,12 +8,13 @@ DeqIR's F holds every e_j fixed while the chain is replayed: that is a Newton st
 trajectory with the network's Jacobian taken as zero, which is why Picard needs close to T rounds.
 This solver replays with e_j *linearised* in its input instead,
 
-    e_j(u) ≈ E_j + c_j (u − U_j),
+    e_j(u) ≈ E_j + γ_j J_j (u − U_j),
 
-E_j being the last evaluation (at input U_j) and c_j a per-row, per-image scalar slope: first from
-a Gaussian model of the data (c = √(1−ᾱ)/(ᾱv + 1 − ᾱ), the exact slope for Gaussian data), then
-from the secant of the row's last two evaluations (a scalar Broyden update per row). The same
-linear model lets rows whose input barely moved skip re-evaluation. Further levers, each
+E_j being the last evaluation (at input U_j), J_j the Jacobian of ε for a Gaussian model of the
+data (the chain's surrogate, :mod:`fixedpoint_ir.surrogate`: a scalar √(1−ᾱ)/(ᾱv + 1 − ᾱ) for
+white data, a per-frequency filter for a power-law spectrum) and γ_j a per-row, per-image scale:
+1 at first, then fitted to the secant of the row's last two evaluations (a scalar Broyden update
+per row). The same linear model lets rows whose input barely moved skip re-evaluation. Further levers, each
 switchable: per-row tolerances scaled by the row's noise level (ParaDiGMS, Shih et al. 2023),
 freezing the accepted prefix, and a sliding window of rows.
 
@@ -47,7 +48,7 @@ class TriangularRecurrence(Protocol):
 
     def surrogate_eps(self, u: Tensor) -> Tensor: ...      # cheap e for all rows, u: (T, N, ...)
 
-    def surrogate_slope(self) -> Tensor: ...               # (T,) slope of the surrogate
+    def surrogate_jvp(self, rows, d: Tensor) -> Tensor: ...  # J_rows d, the surrogate's Jacobian
 
 
 LINEARIZE = ("secant", "surrogate", "none")
@@ -62,8 +63,9 @@ class Triangular(FixedPointSolver):
         tol: a row is accepted when it moved by at most tol (max-abs, image units) in the last
             round and its e was evaluated within tol of its current input.
         max_rounds: most rounds (``None``: T, where the solver is exact anyway).
-        linearize: ``"secant"`` (surrogate slope, then per-row secants), ``"surrogate"`` (the
-            Gaussian slope only) or ``"none"`` (DeqIR's replay with e held fixed).
+        linearize: ``"secant"`` (the surrogate's Jacobian, scaled per row by secants),
+            ``"surrogate"`` (the surrogate's Jacobian as is) or ``"none"`` (DeqIR's replay with e
+            held fixed).
         window: most rows evaluated per image per round (``None``: all rows).
         freeze: accept converged rows before the Picard guarantee does (``False``: rows are only
             accepted once their input is exact).
@@ -71,13 +73,13 @@ class Triangular(FixedPointSolver):
             since its last evaluation (0 re-evaluates every changed row).
         row_tol: ``"uniform"`` or ``"noise"``: tol_j = tol · max(1, σ_j / σ_min), σ_j the map's
             ``row_scales`` (looser where the state is noisier).
-        slope_bounds: secant slopes are clipped to this multiple range of the surrogate slope.
+        slope_bounds: the secant scales γ are clipped to this range.
         safety: rows are accepted at ``safety`` × their tolerance. The stopping rule relies on the
             a-posteriori estimate error ≤ q/(1−q) × last change for a row converging with rate q;
             safety = ½ covers q ≤ ⅓ with room for propagation (checked in tests and benchmarks).
         safeguard: when a round's largest change exceeds ``safeguard`` × the previous one, or is
             not finite, the round is replayed without linearisation (DeqIR's F, a Picard step)
-            and the slopes reset to the surrogate's; network evaluations that returned NaN/Inf are
+            and the scales γ reset to 1; network evaluations that returned NaN/Inf are
             retried once before the solve is reported as diverged.
     """
 
@@ -112,7 +114,7 @@ class Triangular(FixedPointSolver):
         return self.tol * torch.clamp(scales / floor, min=1.0)
 
     def solve(self, f, z0, callback=None) -> SolverReport:
-        for attr in ("step", "eps_at", "x_T", "surrogate_eps", "surrogate_slope"):
+        for attr in ("step", "eps_at", "x_T", "surrogate_eps", "surrogate_jvp"):
             if not hasattr(f, attr):
                 raise TypeError(f"the triangular solver needs a map with step, eps_at, x_T and a "
                                 f"surrogate (a Chain); {type(f).__name__} has no {attr!r}")
@@ -127,8 +129,7 @@ class Triangular(FixedPointSolver):
 
         z = z0.clone()
         inputs = torch.cat([f.x_T.unsqueeze(0), z[:-1]])
-        slope_model = f.surrogate_slope().to(dev, dtype).view(rows, 1).expand(rows, n).clone()
-        slope = slope_model.clone() if self.linearize != "none" else torch.zeros_like(slope_model)
+        scale = torch.full((rows, n), 0.0 if self.linearize == "none" else 1.0, device=dev, dtype=dtype)
         at = inputs.clone()                        # U: where each row's e was last evaluated
         e_cache = f.surrogate_eps(at)              # E: the surrogate until a real evaluation
         evaluated = torch.zeros(rows, n, dtype=torch.bool, device=dev)
@@ -163,14 +164,14 @@ class Triangular(FixedPointSolver):
                 else:
                     nan_rounds = 0
                 if self.linearize == "secant":
-                    self._update_slopes(slope, slope_model, r_idx, n_idx, evaluated,
+                    self._update_scales(f, scale, r_idx, n_idx, evaluated,
                                         u - at[r_idx, n_idx], e_new - e_cache[r_idx, n_idx])
                 e_cache[r_idx, n_idx], at[r_idx, n_idx] = e_new, u
                 evaluated[r_idx, n_idx] = True
             rounds += 1
             rows_evaluated.append(int(need.sum()))
 
-            fz, new_inputs = self._replay(f, z, e_cache, at, slope, prefix)
+            fz, new_inputs = self._replay(f, z, e_cache, at, scale, prefix)
             change = (fz - z).abs().flatten(2).amax(-1)
             residual = float(change.max())
             # Compare like with like: rows that were already in last round's window.
@@ -181,8 +182,8 @@ class Triangular(FixedPointSolver):
                     and self.linearize != "none":
                 # The linear model misled this round: take DeqIR's plain step instead.
                 fallbacks += 1
-                slope.copy_(slope_model)
-                fz, new_inputs = self._replay(f, z, e_cache, at, torch.zeros_like(slope), prefix)
+                scale.fill_(1.0)
+                fz, new_inputs = self._replay(f, z, e_cache, at, torch.zeros_like(scale), prefix)
                 change = (fz - z).abs().flatten(2).amax(-1)
                 residual = float(change.max())
                 guarded = math.inf  # no reference for the next comparison
@@ -218,18 +219,17 @@ class Triangular(FixedPointSolver):
                     accepted_history=accepted_history, safeguard_fallbacks=fallbacks)
         return SolverReport(z, rounds, residuals, status, info)
 
-    def _update_slopes(self, slope, slope_model, r_idx, n_idx, evaluated, du, de) -> None:
-        """Secant slope c = ⟨Δe, Δu⟩ / ‖Δu‖² for rows evaluated twice by the network."""
-        du, de = du.flatten(1), de.flatten(1)
-        num, den = (du * de).sum(1), (du * du).sum(1)
+    def _update_scales(self, f, scale, r_idx, n_idx, evaluated, du, de) -> None:
+        """Secant fit γ = ⟨Δe, JΔu⟩ / ‖JΔu‖² for entries evaluated twice by the network."""
+        jdu = f.surrogate_jvp(r_idx, du).flatten(1)
+        de = de.flatten(1)
+        num, den = (jdu * de).sum(1), (jdu * jdu).sum(1)
         ok = evaluated[r_idx, n_idx] & (den > 0) & torch.isfinite(num)
-        c = num / den.clamp_min(torch.finfo(den.dtype).tiny)
         lo, hi = self.slope_bounds
-        base = slope_model[r_idx, n_idx]
-        c = torch.minimum(torch.maximum(c, lo * base), hi * base)
-        slope[r_idx[ok], n_idx[ok]] = c[ok]
+        gamma = (num / den.clamp_min(torch.finfo(den.dtype).tiny)).clamp(lo, hi)
+        scale[r_idx[ok], n_idx[ok]] = gamma[ok]
 
-    def _replay(self, f, z, e_cache, at, slope, prefix):
+    def _replay(self, f, z, e_cache, at, scale, prefix):
         """F with linearised e, replayed from the accepted prefix. Returns F and its inputs."""
         rows, n = z.shape[0], z.shape[1]
         spatial = (1,) * (z.dim() - 2)
@@ -237,9 +237,12 @@ class Triangular(FixedPointSolver):
         x = f.x_T if start == 0 else z[start - 1]
         out = z.clone()
         inputs = torch.cat([f.x_T.unsqueeze(0), z[:-1]])
+        linear = bool(scale.any())
         for j in range(start, rows):
             inputs[j] = x
-            e = e_cache[j] + slope[j].view(n, *spatial) * (x - at[j])
+            e = e_cache[j]
+            if linear:
+                e = e + scale[j].view(n, *spatial) * f.surrogate_jvp(j, x - at[j])
             frozen = (j < prefix).view(n, *spatial)
             x = torch.where(frozen, z[j], f.step(j, x, e))
             out[j] = x

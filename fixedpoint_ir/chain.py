@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .priors.base import Prior
 from .schedule import StepCoefficients
+from .surrogate import GaussianSurrogate, as_surrogate
 
 __all__ = ["Chain", "Correction", "draw_noise"]
 
@@ -54,7 +55,8 @@ class Chain:
         noise: ξ_j, shape (T, N, C, H, W) (only used where nw > 0).
         correction: x0 ↦ corrected x0 for row j (DDNM's A†y + (I − P)x0), or None for plain DDIM.
         projector: (A†, P) for the closed form, when A†A is an orthogonal projector.
-        surrogate: (mean, var) of the Gaussian data model behind :meth:`surrogate_eps`.
+        surrogate: the Gaussian data model behind :meth:`surrogate_eps` and :meth:`surrogate_jvp`
+            (a :class:`~fixedpoint_ir.surrogate.GaussianSurrogate`, or (mean, var) for a white one).
 
     ``nfe`` counts network evaluations per image (one per state row evaluated); ``row_scales``
     are the per-row noise levels √(1 − b_j) that structure-aware solvers may scale tolerances by.
@@ -63,21 +65,22 @@ class Chain:
     def __init__(self, prior: Prior, coefficients: StepCoefficients, x_T: Tensor, noise: Tensor,
                  correction: Correction | None = None,
                  projector: tuple[Callable[[Tensor], Tensor], Tensor] | None = None,
-                 surrogate: tuple[float, float] = (0.0, 0.25)):
+                 surrogate: GaussianSurrogate | tuple[float, float] = (0.0, 0.25)):
         self.prior = prior
         self.coefficients = coefficients
         self.x_T = x_T
         self.noise = noise
         self.correction = correction
         self.projector = projector
-        self.surrogate = surrogate
+        self.surrogate = as_surrogate(surrogate)
         self.num_rows = coefficients.num_steps
         self.nfe = 0            # network evaluations per image (total / N)
         self.nfe_total = 0      # network evaluations of single images
         self.network_calls = 0  # batched calls of the prior (= parallel depth)
         c = coefficients
         # Python floats: cheap to apply to tensors of any dtype, computed once in float64.
-        self._sqrt_a = [math.sqrt(v) for v in c.a.tolist()]
+        self._a = c.a.tolist()
+        self._sqrt_a = [math.sqrt(v) for v in self._a]
         self._sqrt_1ma = [math.sqrt(1.0 - v) for v in c.a.tolist()]
         self._sqrt_b = [math.sqrt(v) for v in c.b.tolist()]
         self._c1 = c.c1.tolist()
@@ -138,31 +141,28 @@ class Chain:
 
     # --- a free stand-in for the network, used by structure-aware solvers ----------------------
     def surrogate_eps(self, u: Tensor) -> Tensor:
-        """ε of Gaussian data N(mean, var) per pixel for all rows, u of shape (T, N, C, H, W).
+        """ε of the Gaussian data model for all rows, u of shape (T, N, C, H, W).
 
-        ε(x, t) = √(1−ᾱ)/S · (x − √ᾱ·mean), S = ᾱ·var + 1 − ᾱ: exact for Gaussian data, a
-        first guess for real priors (``surrogate`` = (mean, var) given to the chain).
+        Exact for Gaussian data, a first guess for real priors (see :mod:`fixedpoint_ir.surrogate`).
         """
-        mean, var = self.surrogate
-        a = self.coefficients.a.to(u.dtype).to(u.device).view(-1, *([1] * (u.dim() - 1)))
-        s = a * var + 1 - a
-        return (1 - a).sqrt() / s * (u - a.sqrt() * mean)
+        a = repeat(self.coefficients.a.to(u.dtype).to(u.device), "t -> (t n)", n=u.shape[1])
+        e = self.surrogate.eps(rearrange(u, "t n c h w -> (t n) c h w"), a)
+        return rearrange(e, "(t n) c h w -> t n c h w", t=u.shape[0])
 
-    def surrogate_slope(self) -> Tensor:
-        """∂ε/∂x of the surrogate per row: √(1−ᾱ_j)/(ᾱ_j·var + 1 − ᾱ_j), shape (T,)."""
-        _, var = self.surrogate
-        a = self.coefficients.a
-        return (1 - a).sqrt() / (a * var + 1 - a)
+    def surrogate_jvp(self, rows: Tensor | int, d: Tensor) -> Tensor:
+        """J d, J the surrogate's ∂ε/∂x at row ``rows`` (an int for a whole batch d of shape
+        (N, C, H, W), or one row index per item of d)."""
+        if isinstance(rows, int):
+            return self.surrogate.jvp(d, self._a[rows])     # a Python float: no device sync
+        return self.surrogate.jvp(d, self.coefficients.a.to(d.dtype).to(d.device)[rows])
 
     def surrogate_trajectory(self) -> Tensor:
         """The chain run sequentially with the surrogate instead of the network (no network call):
         a free initial guess for the states."""
         x, out = self.x_T, []
-        mean, var = self.surrogate
+        a = self.coefficients.a.to(x.dtype).to(x.device)
         for j in range(self.num_rows):
-            a = self.coefficients.a[j].item()
-            e = (1 - a) ** 0.5 / (a * var + 1 - a) * (x - a ** 0.5 * mean)
-            x = self.step(j, x, e)
+            x = self.step(j, x, self.surrogate.eps(x, a[j]))
             out.append(x)
         return torch.stack(out)
 

@@ -260,6 +260,7 @@ class DistributedPrior(Prior):
             raise RuntimeError("torch.distributed is not initialised: call "
                                "fixedpoint_ir.distributed.init_from_env() first (under torchrun)")
         super().__init__(prior.alphas_cumprod, None)
+        self.surrogate = prior.surrogate  # the same data, the same free model
         self.prior = prior
         self.group = group
         self.rank = dist.get_rank(group)

@@ -14,6 +14,7 @@ from .chain import Chain, draw_noise
 from .priors.base import Prior
 from .schedule import StepCoefficients, uniform_timesteps
 from .solver import FixedPointSolver, RoundInfo, SolverDivergedError, SolverReport, Status, get_solver
+from .surrogate import GaussianSurrogate, WhiteGaussian, as_surrogate
 
 __all__ = ["Sampler", "Result"]
 
@@ -70,8 +71,11 @@ class Sampler:
             Gaussian surrogate of ε instead of the network (free: no network call); ``"x_T"`` on
             every row (the published choice); ``"observation"``: √b_j A†y + √(1−b_j) x_T. The
             answer never depends on it, only the number of rounds.
-        surrogate: (mean, var) of the per-pixel Gaussian data model behind the surrogate ε, used by
-            ``init="surrogate"`` and by the triangular solver's linearisation.
+        surrogate: the Gaussian data model behind the surrogate ε, used by ``init="surrogate"``
+            and by the triangular solver's linearisation: a
+            :class:`~fixedpoint_ir.surrogate.GaussianSurrogate` or (mean, var) of a white one.
+            ``None`` (default): the prior's own (``prior.surrogate``; the shipped default prior
+            carries a power-law model of its training photos), else white (0, 0.25).
         closed_form: replay F with the vectorised closed form of Proposition 1 (projector operators).
         progress: show a tqdm bar per solver round.
         sigma_y: observation noise level (on the [-1, 1] scale). 0 (default) keeps the σ_y-blind
@@ -82,7 +86,7 @@ class Sampler:
     def __init__(self, prior: Prior, operator=None, solver: str | FixedPointSolver = "triangular", *,
                  steps: int = 20, etw: float = 0.1, nw: float = 0.0, noise: str = "per_step",
                  init: str = "surrogate", closed_form: bool = False, progress: bool = False,
-                 sigma_y: float = 0.0, surrogate: tuple[float, float] = (0.0, 0.25)):
+                 sigma_y: float = 0.0, surrogate: GaussianSurrogate | tuple[float, float] | None = None):
         if not isinstance(prior, Prior):
             raise TypeError(f"prior must be a fixedpoint_ir Prior, got {type(prior).__name__}; "
                             "wrap an nn.Module with ModulePrior")
@@ -101,10 +105,13 @@ class Sampler:
         if closed_form and operator is not None and not getattr(operator, "is_projector", False):
             raise ValueError("closed_form needs an operator whose A†A is an orthogonal projector")
         self.progress = progress
-        mean, var = surrogate
-        if not (math.isfinite(mean) and math.isfinite(var) and var >= 0):
-            raise ValueError(f"surrogate must be (mean, var) with finite values and var >= 0, got {surrogate!r}")
-        self.surrogate = (float(mean), float(var))
+        if surrogate is None:
+            surrogate = getattr(prior, "surrogate", None) or WhiteGaussian()
+        try:
+            self.surrogate = as_surrogate(surrogate)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"surrogate must be a GaussianSurrogate or (mean, var) with finite values "
+                             f"and var >= 0, got {surrogate!r} ({err})") from None
         if isinstance(sigma_y, bool) or not isinstance(sigma_y, (int, float)) \
                 or not math.isfinite(sigma_y) or sigma_y < 0:
             raise ValueError(f"sigma_y must be a finite non-negative number, got {sigma_y!r}")

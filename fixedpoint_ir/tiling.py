@@ -120,6 +120,7 @@ class TiledPrior(Prior):
             if m < 0 or 2 * m >= o:
                 raise ValueError(f"margin ({m}) must satisfy 0 <= 2*margin < overlap ({o}) along the {axis}")
         super().__init__(prior.alphas_cumprod.detach().clone(), None)
+        self.surrogate = prior.surrogate  # the same data, the same free model
         self.prior = prior
         self.tile = (th, tw)
         self.overlap = (oh, ow)

@@ -19,7 +19,10 @@ Outputs, each written atomically (temporary file + rename) into ``--out``:
 * ``default_prior.sha256`` — its SHA-256 in ``sha256sum`` format (copy both into
   ``fixedpoint_ir/weights/`` to ship them);
 * ``training_log.json`` — command line, seed, device, versions, wall-clock, steps, loss curve;
-* ``loss_curve.png`` — the loss curve.
+* ``loss_curve.png`` — the loss curve;
+* ``default_prior_surrogate.json`` — a power-law Gaussian model of the same crops
+  (:func:`fit_surrogate`), the prior's free stand-in for initial guesses and Jacobian models.
+  ``--surrogate-only`` writes just this file (no training).
 
 With ``--save-every`` the files are refreshed during training, so an interrupted run still
 leaves usable weights.
@@ -46,9 +49,10 @@ from torch import Tensor
 from . import photos as photo_data
 from .priors.small_unet import SmallUNet, _atomic_write_bytes, _umask_mode, save_small_unet
 from .schedule import alphas_cumprod_from_betas, linear_betas
+from .surrogate import PowerLawGaussian
 
 __all__ = ["main", "parse_args", "random_crops", "SCHEDULE", "WEIGHTS_NAME", "HASH_NAME",
-           "LOG_NAME", "CURVE_NAME", "sha256_of", "write_sha256"]
+           "LOG_NAME", "CURVE_NAME", "SURROGATE_NAME", "sha256_of", "write_sha256", "fit_surrogate"]
 
 #: The noise schedule every SmallUNet prior is trained with (stored in the weights' metadata).
 SCHEDULE: dict[str, Any] = {"name": "linear", "num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
@@ -56,6 +60,7 @@ SCHEDULE: dict[str, Any] = {"name": "linear", "num_steps": 1000, "beta_start": 1
 WEIGHTS_NAME = "default_prior.safetensors"
 HASH_NAME = "default_prior.sha256"
 LOG_NAME = "training_log.json"
+SURROGATE_NAME = "default_prior_surrogate.json"
 CURVE_NAME = "loss_curve.png"
 
 
@@ -118,6 +123,16 @@ def random_crops(images: Sequence[Tensor], batch_size: int, crop: int, generator
             sel = sel.to(device)
             rotated[sel] = torch.rot90(out[sel], k, dims=(-2, -1))
     return rotated.contiguous()
+
+
+def fit_surrogate(images: Sequence[Tensor], crop: int, *, samples: int = 2048, seed: int = 0,
+                  min_scale: float = 0.25, max_scale: float = 1.0, scale_levels: int = 16) -> PowerLawGaussian:
+    """A :class:`~fixedpoint_ir.surrogate.PowerLawGaussian` fitted to ``samples`` training crops
+    drawn exactly as the training loop draws them."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = [random_crops(images, min(256, samples), crop, gen, min_scale, max_scale, scale_levels)
+               for _ in range(max(1, samples // 256))]
+    return PowerLawGaussian.fit(torch.cat(batches).cpu())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,8 +222,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=0,
                    help="also write the outputs every N steps (0: only at the end)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--surrogate-only", action="store_true",
+                   help=f"only fit the Gaussian surrogate of the crops and write {SURROGATE_NAME}")
     args = p.parse_args(argv)
-    if args.steps is None and args.minutes is None:
+    if args.steps is None and args.minutes is None and not args.surrogate_only:
         p.error("give --steps, --minutes or both")
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be positive")
@@ -276,6 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n, img in zip(names, images):
         if min(img.shape[-2:]) < args.crop:
             raise SystemExit(f"photo {n} ({img.shape[-2]}x{img.shape[-1]}) is smaller than --crop {args.crop}")
+
+    surrogate = fit_surrogate(images, args.crop, seed=args.seed, min_scale=args.min_scale,
+                              max_scale=args.max_scale, scale_levels=args.scale_levels)
+    surrogate.save(out_dir / SURROGATE_NAME)
+    if args.surrogate_only:
+        print(f"wrote {out_dir / SURROGATE_NAME}: {surrogate!r}", file=sys.stderr)
+        return 0
 
     torch.manual_seed(args.seed)
     data_gen = torch.Generator().manual_seed(args.seed)

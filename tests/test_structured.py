@@ -117,8 +117,8 @@ class _TwoSpeedRecurrence:
     def surrogate_eps(self, u):
         return torch.zeros_like(u)
 
-    def surrogate_slope(self):
-        return torch.zeros(self.num_rows, dtype=torch.float64)
+    def surrogate_jvp(self, rows, d):
+        return torch.zeros_like(d)
 
 
 def test_converged_images_stop_costing_evaluations():

@@ -22,7 +22,12 @@ class Prior(nn.Module, ABC):
         alphas_cumprod: ᾱ_t for t = 0..N−1 (1-D, strictly decreasing). Defaults to the linear
             β schedule 1e-4…0.02 over 1000 steps of the public ADM / DDPM checkpoints.
         max_batch: largest number of images per network call (``None``: no limit).
+
+    ``surrogate`` (default ``None``) may hold a Gaussian model of the prior's data
+    (:mod:`fixedpoint_ir.surrogate`); samplers use it for free initial guesses and Jacobian models.
     """
+
+    surrogate = None
 
     def __init__(self, alphas_cumprod: Tensor | None = None, max_batch: int | None = None):
         super().__init__()

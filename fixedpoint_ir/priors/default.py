@@ -21,7 +21,7 @@ from ..schedule import alphas_cumprod_from_betas, linear_betas
 from .base import ModulePrior
 from .small_unet import load_small_unet
 
-__all__ = ["DEFAULT_WEIGHTS", "DEFAULT_WEIGHTS_SHA256", "default_prior", "verify_weights",
+__all__ = ["DEFAULT_WEIGHTS", "DEFAULT_WEIGHTS_SHA256", "DEFAULT_SURROGATE", "default_prior", "verify_weights",
            "WeightsMissingError", "WeightsHashError"]
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -29,6 +29,8 @@ _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_WEIGHTS: Path = _WEIGHTS_DIR / "default_prior.safetensors"
 #: The file holding its expected SHA-256 (first whitespace-separated token, hex).
 DEFAULT_WEIGHTS_SHA256: Path = _WEIGHTS_DIR / "default_prior.sha256"
+#: A power-law Gaussian model of the training crops (``python -m fixedpoint_ir.train --fit-surrogate``).
+DEFAULT_SURROGATE: Path = _WEIGHTS_DIR / "default_prior_surrogate.json"
 
 _TRAIN_HINT = (
     "Train it with `python -m fixedpoint_ir.train --out runs/prior --minutes 120 --threads 2` "
@@ -106,6 +108,10 @@ def default_prior(device: str | torch.device | None = None, max_batch: int | Non
     prior = ModulePrior(module, alphas_cumprod=_alphas_cumprod(meta.get("schedule")), max_batch=max_batch,
                         channels=module.config["out_channels"])
     prior.metadata = meta
+    if DEFAULT_SURROGATE.is_file():
+        from ..surrogate import PowerLawGaussian
+
+        prior.surrogate = PowerLawGaussian.load(DEFAULT_SURROGATE)
     prior.eval().requires_grad_(False)
     if device is not None:
         prior.to(device)
