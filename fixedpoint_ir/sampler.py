@@ -54,6 +54,29 @@ def _check_finite(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+TF32_TOL = 1e-2
+
+
+def warn_if_tf32(device: torch.device, tol: float) -> None:
+    """Warn when TF32 kernels would make the parallel answer differ from the sequential one.
+
+    TF32 rounds convolution and matrix-product inputs to 10 mantissa bits (~1e-3 relative): a
+    batch of T states and T single states then go through differently rounded kernels, and the
+    fixed point of F differs from the sequential chain by about that much, whatever the solver
+    (measured on an H100: no solver got within 1e-3). Below ``TF32_TOL`` the tolerance would
+    promise more than the arithmetic gives.
+    """
+    if torch.device(device).type != "cuda" or not tol or tol >= TF32_TOL:
+        return
+    if torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32:
+        warnings.warn(
+            f"TF32 is enabled for CUDA convolutions or matrix products: batched and one-at-a-time "
+            f"network calls differ by ~1e-3, so the parallel result can differ from the sequential "
+            f"chain by more than tol={tol:g}. For agreement to tol, set "
+            "torch.backends.cudnn.allow_tf32 = False and torch.backends.cuda.matmul.allow_tf32 = False.",
+            RuntimeWarning, stacklevel=4)
+
+
 class Sampler:
     """DDIM / DDNM sampling as one fixed-point solve (DeqIR, Cao et al. CVPR 2024).
 
@@ -291,6 +314,7 @@ class Sampler:
                 raise ValueError(f"init must have shape {chain.state_shape}, got {tuple(init.shape)}")
             z0 = init.to(chain.x_T.dtype)
         f = self.fixed_point_map(chain)
+        warn_if_tf32(chain.x_T.device, self.solver.tol)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
