@@ -63,8 +63,8 @@ def warn_if_tf32(device: torch.device, tol: float) -> None:
     TF32 rounds convolution and matrix-product inputs to 10 mantissa bits (~1e-3 relative): a
     batch of T states and T single states then go through differently rounded kernels, and the
     fixed point of F differs from the sequential chain by about that much, whatever the solver
-    (measured on an H100: no solver got within 1e-3). Below ``TF32_TOL`` the tolerance would
-    promise more than the arithmetic gives.
+    (measured on an H100: Picard after all T rounds stayed above 1e-3 on 2 of 9 problems). Below
+    ``TF32_TOL`` the tolerance would promise more than the arithmetic gives.
     """
     if torch.device(device).type != "cuda" or not tol or tol >= TF32_TOL:
         return
