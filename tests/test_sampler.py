@@ -121,7 +121,7 @@ def test_missing_or_unexpected_observation():
         Sampler(torch.nn.Conv2d(3, 3, 1))
 
 
-def test_tf32_on_cuda_is_warned_about_below_its_rounding(monkeypatch):
+def test_tf32_on_cuda_is_warned_about_below_its_rounding():
     """TF32 kernels round to ~1e-3: a tolerance below 1e-2 on CUDA with TF32 on gets a warning that
     names the switches; CPU, TF32 off, or a loose tolerance stay silent."""
     import warnings
@@ -129,16 +129,19 @@ def test_tf32_on_cuda_is_warned_about_below_its_rounding(monkeypatch):
     from fixedpoint_ir.sampler import warn_if_tf32
 
     cuda = torch.device("cuda")
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    with pytest.warns(RuntimeWarning, match="allow_tf32 = False"):
-        warn_if_tf32(cuda, 1e-3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        warn_if_tf32(torch.device("cpu"), 1e-3)
-        warn_if_tf32(cuda, 0.05)
-        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-        warn_if_tf32(cuda, 1e-3)
-        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-        with pytest.raises(RuntimeWarning):
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:   # torch's backend flags are not plain attributes: set and restore them by hand
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+        with pytest.warns(RuntimeWarning, match="allow_tf32 = False"):
             warn_if_tf32(cuda, 1e-3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            warn_if_tf32(torch.device("cpu"), 1e-3)
+            warn_if_tf32(cuda, 0.05)
+            torch.backends.cudnn.allow_tf32 = False
+            warn_if_tf32(cuda, 1e-3)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            with pytest.raises(RuntimeWarning):
+                warn_if_tf32(cuda, 1e-3)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
