@@ -14,9 +14,9 @@ E_j being the last evaluation (at input U_j), J_j the Jacobian of ε for a Gauss
 data (the chain's surrogate, :mod:`fixedpoint_ir.surrogate`: a scalar √(1−ᾱ)/(ᾱv + 1 − ᾱ) for
 white data, a per-frequency filter for a power-law spectrum) and γ_j a per-row, per-image scale:
 1 at first, then fitted to the secant of the row's last two evaluations (a scalar Broyden update
-per row). The same linear model lets rows whose input barely moved skip re-evaluation. Further levers, each
-switchable: per-row tolerances scaled by the row's noise level (ParaDiGMS, Shih et al. 2023),
-freezing the accepted prefix, and a sliding window of rows.
+per row). The same linear model lets rows whose input barely moved skip re-evaluation. Further
+levers, each switchable: per-row tolerances scaled by the row's noise level (ParaDiGMS, Shih et
+al. 2023), freezing the accepted prefix, and a sliding window of rows.
 
 Row p of the accepted prefix is always evaluated at its (frozen) input, where the linear
 correction vanishes, so the prefix grows by at least one row per round: the solver is exact after
