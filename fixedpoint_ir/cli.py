@@ -364,6 +364,17 @@ def _make_sampler(prior, op, args, sigma_y: float, progress: bool):
         value = getattr(args, name, None)
         if value is not None:
             kwargs[name] = value
+    choice = getattr(args, "surrogate", None)
+    if choice is not None:
+        from .surrogate import PowerLawGaussian, WhiteGaussian
+
+        if choice == "white":
+            kwargs["surrogate"] = WhiteGaussian()
+        elif not Path(choice).is_file():
+            raise FileNotFoundError(f"--surrogate: no such file {choice!r} (give 'white' or a JSON "
+                                    "file written by PowerLawGaussian.save)")
+        else:
+            kwargs["surrogate"] = PowerLawGaussian.load(choice)   # ValueError names the file
     return Sampler(prior, op, progress=progress, sigma_y=sigma_y, **kwargs)
 
 
@@ -730,6 +741,9 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
     g.add_argument("--max-batch", type=_pos_int, metavar="N",
                    help="most images per network call (bounds memory)")
+    g.add_argument("--surrogate", metavar="white|PATH",
+                   help="Gaussian data model the triangular solver linearises around: 'white', or a "
+                        "PowerLawGaussian JSON (default: the prior's own; white for checkpoints)")
     g.add_argument("--tile-overlap", type=_pos_int, metavar="PX", help=argparse.SUPPRESS)
 
 

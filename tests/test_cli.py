@@ -236,3 +236,25 @@ def test_restore_with_noise_optimisation_toward_a_reference(tmp_path, photo, cap
     assert read_image(out)[0].shape == (1, 3, 32, 32)
     _fails(capsys, ["restore", str(y_path), "-o", str(tmp_path / "r2.png"), "--optimize-noise"],
            "--optimize-noise needs --reference")
+
+
+def test_surrogate_option(tmp_path, photo, capsys):
+    """--surrogate white / a PowerLawGaussian JSON changes only the rounds; a missing or broken file
+    is a one-line error."""
+    from fixedpoint_ir.priors.default import DEFAULT_SURROGATE
+
+    y_path = tmp_path / "y.png"
+    assert main(["degrade", str(photo), "-o", str(y_path), "--task", "sr4", "--quiet"]) == 0
+    for i, choice in enumerate(["white", str(DEFAULT_SURROGATE)]):
+        out = tmp_path / f"r{i}.png"
+        assert main(["restore", str(y_path), "-o", str(out), "--steps", "4", "--surrogate", choice,
+                     "--quiet"]) == 0
+        assert out.is_file()
+    first, second = (np.asarray(Image.open(tmp_path / f"r{i}.png"), dtype=float) for i in range(2))
+    assert np.abs(first - second).max() <= 1.0   # the same fixed point, up to tol and 8-bit rounding
+    _fails(capsys, ["restore", str(y_path), "-o", str(tmp_path / "x.png"), "--surrogate",
+                    str(tmp_path / "none.json"), "--quiet"], "--surrogate", "none.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    _fails(capsys, ["restore", str(y_path), "-o", str(tmp_path / "x.png"), "--surrogate", str(broken),
+                    "--quiet"], "power_law_gaussian")
