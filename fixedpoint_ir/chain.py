@@ -160,9 +160,8 @@ class Chain:
         """The chain run sequentially with the surrogate instead of the network (no network call):
         a free initial guess for the states."""
         x, out = self.x_T, []
-        a = self.coefficients.a.to(x.dtype).to(x.device)
         for j in range(self.num_rows):
-            x = self.step(j, x, self.surrogate.eps(x, a[j]))
+            x = self.step(j, x, self.surrogate.eps(x, self._a[j]))
             out.append(x)
         return torch.stack(out)
 

@@ -21,15 +21,16 @@ from ..schedule import alphas_cumprod_from_betas, linear_betas
 from .base import ModulePrior
 from .small_unet import load_small_unet
 
-__all__ = ["DEFAULT_WEIGHTS", "DEFAULT_WEIGHTS_SHA256", "DEFAULT_SURROGATE", "default_prior", "verify_weights",
-           "WeightsMissingError", "WeightsHashError"]
+__all__ = ["DEFAULT_WEIGHTS", "DEFAULT_WEIGHTS_SHA256", "DEFAULT_SURROGATE", "default_prior",
+           "verify_weights", "WeightsMissingError", "WeightsHashError"]
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 #: The shipped weights file (package data).
 DEFAULT_WEIGHTS: Path = _WEIGHTS_DIR / "default_prior.safetensors"
 #: The file holding its expected SHA-256 (first whitespace-separated token, hex).
 DEFAULT_WEIGHTS_SHA256: Path = _WEIGHTS_DIR / "default_prior.sha256"
-#: A power-law Gaussian model of the training crops (``python -m fixedpoint_ir.train --fit-surrogate``).
+#: A power-law Gaussian model of the training crops (``python -m fixedpoint_ir.train --out DIR
+#: --surrogate-only --seed 0`` rebuilds it; the triangular solver linearises around it).
 DEFAULT_SURROGATE: Path = _WEIGHTS_DIR / "default_prior_surrogate.json"
 
 _TRAIN_HINT = (
