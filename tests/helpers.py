@@ -1,6 +1,9 @@
 """Small shared test helpers: counting priors, a problem factory."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from fixedpoint_ir import GaussianMixturePrior
@@ -63,3 +66,15 @@ class FaultyMap:
         if self.calls in self.nan_calls:
             out = out * float("nan")
         return out
+
+
+def checkpoint_fixtures() -> Path | None:
+    """The folder of checkpoint fixtures (``../shared/fixtures/checkpoints`` beside the checkout, or
+    ``$FIXEDPOINT_IR_FIXTURES``), or None when absent (the tests that need it skip)."""
+    candidates = [Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "checkpoints"]
+    if os.environ.get("FIXEDPOINT_IR_FIXTURES"):
+        candidates.append(Path(os.environ["FIXEDPOINT_IR_FIXTURES"]))
+    for c in candidates:
+        if (c / "adm_small.safetensors").is_file():
+            return c
+    return None

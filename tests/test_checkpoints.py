@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,18 +22,10 @@ from fixedpoint_ir.priors.checkpoints import (
 from fixedpoint_ir.priors.ddpm import DDPM_CELEBAHQ_256_CONFIG, DDPMModel
 from fixedpoint_ir.schedule import alphas_cumprod_from_betas, linear_betas
 
-
-def _fixtures_dir() -> Path | None:
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "checkpoints"]
-    if os.environ.get("FIXEDPOINT_IR_FIXTURES"):
-        candidates.append(Path(os.environ["FIXEDPOINT_IR_FIXTURES"]))
-    for c in candidates:
-        if (c / "adm_small.safetensors").is_file():
-            return c
-    return None
+from helpers import checkpoint_fixtures
 
 
-FIXTURES = _fixtures_dir()
+FIXTURES = checkpoint_fixtures()
 needs_fixtures = pytest.mark.skipif(
     FIXTURES is None, reason="checkpoint fixtures not found: expected ../shared/fixtures/checkpoints next to "
                              "the repository, or set FIXEDPOINT_IR_FIXTURES to the folder")

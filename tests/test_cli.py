@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ import torch
 from fixedpoint_ir.cli import main
 from fixedpoint_ir.images import read_image, write_image
 from fixedpoint_ir.operators.tasks import operator_from_config
+
+from helpers import checkpoint_fixtures
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
@@ -186,13 +187,8 @@ def test_demo_tiny(tmp_path, capsys):
 
 
 def _fixture_checkpoint() -> Path | None:
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "checkpoints"]
-    if os.environ.get("FIXEDPOINT_IR_FIXTURES"):
-        candidates.append(Path(os.environ["FIXEDPOINT_IR_FIXTURES"]))
-    for c in candidates:
-        if (c / "adm_small.safetensors").is_file():
-            return c / "adm_small.safetensors"
-    return None
+    folder = checkpoint_fixtures()
+    return None if folder is None else folder / "adm_small.safetensors"
 
 
 @pytest.mark.skipif(_fixture_checkpoint() is None, reason="checkpoint fixtures not found")
