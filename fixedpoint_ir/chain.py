@@ -73,6 +73,7 @@ class Chain:
         self.correction = correction
         self.projector = projector
         self.surrogate = as_surrogate(surrogate)
+        self.surrogate.check(x_T)   # a model of 3-channel data on grey images fails here, not mid-solve
         self.num_rows = coefficients.num_steps
         self.nfe = 0            # network evaluations per image (total / N)
         self.nfe_total = 0      # network evaluations of single images

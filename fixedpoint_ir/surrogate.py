@@ -53,6 +53,9 @@ class GaussianSurrogate(ABC):
     def mean(self, like: Tensor) -> Tensor:
         """μ, broadcastable against ``like`` (B, C, H, W)."""
 
+    def check(self, like: Tensor) -> None:
+        """Raise ValueError if the model cannot describe images shaped like ``like``."""
+
     def eps(self, x: Tensor, alpha_bar: Tensor | float) -> Tensor:
         """ε(x) = J_ᾱ (x − √ᾱ μ)."""
         a = _per_item(alpha_bar, x)
@@ -126,7 +129,7 @@ class PowerLawGaussian(GaussianSurrogate):
             self._cache[key] = (self.amplitude.view(-1, 1, 1) * shape).to(dtype=dtype, device=device)
         return self._cache[key]
 
-    def _check(self, d: Tensor) -> None:
+    def check(self, d: Tensor) -> None:
         if d.dim() != 4 or d.shape[1] != self.channels:
             raise ValueError(f"this surrogate models {self.channels}-channel images (B, C, H, W); "
                              f"got shape {tuple(d.shape)}")
@@ -137,7 +140,7 @@ class PowerLawGaussian(GaussianSurrogate):
         return (1 - a).sqrt() / (a * s + 1 - a)
 
     def jvp(self, d, alpha_bar):
-        self._check(d)
+        self.check(d)
         h, w = d.shape[-2:]
         if isinstance(alpha_bar, (int, float)) or torch.as_tensor(alpha_bar).dim() == 0:
             # One noise level for the whole batch (the solver's replay): cache the filter.
@@ -159,7 +162,7 @@ class PowerLawGaussian(GaussianSurrogate):
         return torch.einsum("kc,bkhw->bchw", basis, filtered)
 
     def mean(self, like):
-        self._check(like)
+        self.check(like)
         return self.mean_value.to(like.dtype).to(like.device).view(1, -1, 1, 1)
 
     # --- estimation and files --------------------------------------------------------------------

@@ -128,6 +128,22 @@ def test_save_load_round_trip_and_errors(tmp_path):
         WhiteGaussian(0, -1)
 
 
+def test_a_surrogate_that_does_not_fit_the_image_fails_before_any_network_call():
+    from fixedpoint_ir.operators import AveragePool
+
+    prior = GaussianMixturePrior(0.5, 0.05)
+    calls = []
+    original = prior.predict_eps
+    prior.predict_eps = lambda x, t: (calls.append(1), original(x, t))[1]
+    op = AveragePool(2)
+    # Picard from x_T never uses the surrogate: only the check when the chain is built can catch it.
+    sampler = Sampler(prior, op, "picard", steps=4, init="x_T", surrogate=random_power_law(3, 0))
+    y = op.A(torch.rand(1, 1, 8, 8, dtype=torch.float64))        # a grey image
+    with pytest.raises(ValueError, match="3-channel"):
+        sampler.restore(y)
+    assert calls == []
+
+
 def test_sampler_takes_the_priors_surrogate_or_the_given_one():
     prior = GaussianMixturePrior(0.5, 0.05)
     assert isinstance(Sampler(prior).surrogate, WhiteGaussian)
