@@ -186,11 +186,19 @@ def test_power_law_surrogate_keeps_the_answer_and_the_honest_stop(op, linearize)
 
 
 def test_shipped_surrogate_is_reproducible(tmp_path):
-    """``python -m fixedpoint_ir.train --surrogate-only`` rebuilds the shipped file bit for bit,
-    and the default prior carries it."""
+    """``python -m fixedpoint_ir.train --surrogate-only`` rebuilds the shipped file (to float64
+    rounding: the last digits depend on the BLAS and numpy build), and the default prior carries it."""
     from fixedpoint_ir import train
     from fixedpoint_ir.priors.default import DEFAULT_SURROGATE, default_prior
 
     assert train.main(["--out", str(tmp_path), "--surrogate-only", "--seed", "0"]) == 0
-    assert (tmp_path / train.SURROGATE_NAME).read_text() == DEFAULT_SURROGATE.read_text()
+    rebuilt = PowerLawGaussian.load(tmp_path / train.SURROGATE_NAME).to_dict()
+    shipped = PowerLawGaussian.load(DEFAULT_SURROGATE).to_dict()
+    assert rebuilt.keys() == shipped.keys()
+    for key, value in shipped.items():
+        if key == "kind":
+            assert rebuilt[key] == value
+        else:
+            assert torch.allclose(torch.tensor(rebuilt[key], dtype=torch.float64),
+                                  torch.tensor(value, dtype=torch.float64), rtol=1e-9, atol=1e-12), key
     assert isinstance(default_prior().surrogate, PowerLawGaussian)

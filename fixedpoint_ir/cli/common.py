@@ -1,0 +1,122 @@
+"""What every sub-command shares: the user-error type, the console, argument and path checks."""
+from __future__ import annotations
+
+import glob
+import inspect
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+PROG = "fixedpoint-ir"
+SIDECAR_FORMAT = "fixedpoint-ir degrade"
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Console:
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def note(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"note: {msg}", file=sys.stderr, flush=True)
+
+    def warn(self, msg: str) -> None:
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _sampler_defaults() -> dict:
+    from ..sampler import Sampler
+
+    sig = inspect.signature(Sampler.__init__)
+    return {k: v.default for k, v in sig.parameters.items() if v.default is not inspect.Parameter.empty}
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    """Refuse outputs that are inputs (always) or exist (unless overwrite), before any work."""
+    seen: dict[Path, Path] = {}
+    for out in outputs:
+        for inp in inputs:
+            if _same_file(out, inp):
+                raise CLIError(f"the output {out} is the input file: choose another output name "
+                               "(the input is never overwritten)")
+        key = out.resolve()
+        if key in seen:
+            raise CLIError(f"two outputs would be written to {out}")
+        seen[key] = out
+        if out.is_dir():
+            raise CLIError(f"the output {out} is a folder; give a file name")
+        if out.exists() and not overwrite:
+            raise CLIError(f"the output {out} already exists (pass --overwrite to replace it)")
+
+
+def _check_suffix(path: Path, what: str = "output") -> None:
+    from ..images import WRITABLE_SUFFIXES
+
+    if path.suffix.lower() not in WRITABLE_SUFFIXES:
+        raise CLIError(f"cannot tell the image format of the {what} {path}: use one of "
+                       f"{', '.join(WRITABLE_SUFFIXES)} (PNG recommended: lossless)")
+
+
+def _expand_inputs(patterns: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for pattern in patterns:
+        if not os.path.exists(pattern) and any(ch in pattern for ch in "*?["):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise FileNotFoundError(f"no file matches {pattern}")
+            out.extend(Path(m) for m in matches if not m.endswith((".json", ".mask.png")))
+        else:
+            out.append(Path(pattern))
+    return out
+
+
+def _parse_params(items: list[str] | None) -> dict:
+    params = {}
+    for item in items or []:
+        if "=" not in item:
+            raise CLIError(f"--param expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise CLIError(f"unknown device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise CLIError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
+    return device
+
+
+def _find(op, cls):
+    for m in op.modules():
+        if isinstance(m, cls):
+            return m
+    return None
+
