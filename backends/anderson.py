@@ -43,9 +43,13 @@ def anderson_weights(residuals: Tensor, lam: float, mixing: str) -> Tensor:
 class Anderson(FixedPointSolver):
     """Anderson acceleration with a history of ``m`` iterates.
 
-    Defaults follow the published DeqIR solver: m = 5, λ = 1e-3, β = 1, weights solved per state
-    row, two plain warm-up calls, at most 15 calls of F, stop on the relative residual over the
-    whole chain. Differences, each switchable:
+    Defaults follow the published DeqIR solver (m = 5, λ = 1e-3, β = 1, weights solved per state
+    row, two plain warm-up calls, stop on the relative residual over the whole chain) except where
+    that solver returns an unconverged image: by default the round limit is T (not 15 calls) and
+    the exact prefix is kept out of the mixing, so the answer is the sequential one whatever the
+    problem (at most T rounds, like Picard). ``Anderson.published()`` is the reference
+    configuration exactly (≤ 15 calls, the mixed iterate returned; unconverged on many problems,
+    and then the sampler warns). Differences, each switchable:
 
     - ``return_image`` (default True) returns F(z) of the last iterate, which costs nothing (it was
       just evaluated) and is never worse on a triangular map; the reference returns z itself.
@@ -57,9 +61,9 @@ class Anderson(FixedPointSolver):
 
     name = "anderson"
 
-    def __init__(self, tol: float = 1e-3, max_rounds: int | None = 15, m: int = 5, lam: float = 1e-3,
+    def __init__(self, tol: float = 1e-3, max_rounds: int | None = None, m: int = 5, lam: float = 1e-3,
                  beta: float = 1.0, warmup: int = 2, mixing: str = "per_row", return_image: bool = True,
-                 exact_prefix: bool = False, safeguard: float | None = None,
+                 exact_prefix: bool = True, safeguard: float | None = None,
                  divergence_factor: float = 1e4):
         super().__init__(tol, max_rounds, divergence_factor)
         if mixing not in MIXINGS:

@@ -22,18 +22,22 @@ class Broyden(FixedPointSolver):
     ``safeguard``: when a step raises the residual above ``safeguard`` × the best residual so far,
     or gives NaN/Inf, it is replaced by a Picard step from the last good iterate and the memory
     cleared. ``return_image`` returns F(z) of the last good iterate (free, never worse on a
-    triangular map).
+    triangular map). ``exact_prefix`` (default True) overwrites the rows of each new iterate that
+    are known exact (row j of F(z) is exact once rows < j of z are) with F(z)'s, so the solver is
+    exact after at most T rounds (the default limit), like Picard, and never stops unconverged on
+    a strictly lower-triangular map.
     """
 
     name = "broyden"
 
     def __init__(self, tol: float = 1e-3, max_rounds: int | None = None, m: int = 10,
                  safeguard: float | None = 10.0, return_image: bool = True,
-                 divergence_factor: float = 1e4):
+                 exact_prefix: bool = True, divergence_factor: float = 1e4):
         super().__init__(tol, max_rounds, divergence_factor)
         if m < 1:
             raise ValueError("m must be at least 1")
         self.m, self.safeguard, self.return_image = m, safeguard, return_image
+        self.exact_prefix = exact_prefix
 
     def solve(self, f, z0, callback=None) -> SolverReport:
         loop = RoundLoop(self, f, z0, callback)
@@ -53,6 +57,9 @@ class Broyden(FixedPointSolver):
             return out
 
         z = z0.reshape(-1)
+        rows, width = int(z0.shape[0]), z0[0].numel()
+        exact = 0          # rows of z known exact (with exact_prefix)
+        last_fx_exact = 0  # rows of the last accepted F(z) known exact
         last = None  # (z, g, F(z)) of the last accepted iterate
         best = float("inf")
         fallbacks = streak = 0
@@ -66,7 +73,7 @@ class Broyden(FixedPointSolver):
                 streak += 1  # a Picard step that fails again twice in a row is divergence
                 us.clear()
                 vs.clear()
-                z = last[2]  # Picard step from the last good iterate
+                z, exact = last[2], last_fx_exact  # Picard step from the last good iterate
                 continue
             streak = 0
             if diverged:
@@ -83,9 +90,19 @@ class Broyden(FixedPointSolver):
                     vs.append(ht_dz)
                     del us[:-self.m], vs[:-self.m]
             last = (z, g, fz)
+            last_fx_exact = min(exact + 1, rows)   # row j of F(z) is exact when rows < j of z are
             if residual < self.tol:
                 status = Status.CONVERGED
                 break
+            if self.exact_prefix and last_fx_exact == rows:   # F(z) is the sequential answer
+                status = Status.CONVERGED
+                loop.info["exact"] = True
+                break
             z = z - apply_h(g)
-        solution = last[2] if (self.return_image and last is not None) else (last[0] if last else z)
+            if self.exact_prefix:
+                cut = last_fx_exact * width
+                z = torch.cat([fz[:cut], z[cut:]])
+                exact = last_fx_exact
+        use_image = self.return_image or loop.info.get("exact")
+        solution = last[2] if (use_image and last is not None) else (last[0] if last else z)
         return loop.report(solution.view_as(z0), status, safeguard_fallbacks=fallbacks)

@@ -18,7 +18,10 @@ returned notes (the CLI prints them):
 
 :func:`write_image` writes atomically: into a temporary file in the target's folder, then
 ``os.replace`` — a crash never leaves a half-written output, and an existing file is only replaced
-when ``overwrite=True``. Pillow is imported lazily (it is the ``images`` extra).
+when ``overwrite=True``. The temporary file is named ``.NAME.<pid>-<hex>.partial.SUFFIX`` (hidden,
+never a name an output could have); a process killed mid-write (SIGKILL, power loss) cannot remove
+it, so the next write to the same target removes those whose process no longer runs. Pillow is
+imported lazily (it is the ``images`` extra).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ImageReadError", "read_image", "write_image", "atomic_path", "to_unit", "from_unit",
-           "image_size", "WRITABLE_SUFFIXES"]
+           "image_size", "WRITABLE_SUFFIXES", "remove_stale_partials", "check_writable"]
 
 #: File suffixes :func:`write_image` accepts (the format follows the suffix).
 WRITABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -84,6 +87,8 @@ def image_size(path) -> tuple[int, int]:
     try:
         with Image.open(p) as im:
             w, h = im.size
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"cannot read {os.fspath(path)}: refused as a possible decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ImageReadError(f"cannot read {os.fspath(path)}: not an image file Pillow can open ({e})") from None
     return h, w
@@ -118,6 +123,10 @@ def read_image(path) -> tuple[Tensor, list[str]]:
                 pass
             mode = im.mode
             array, kind = _to_rgb_array(im, notes)
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"cannot read {name}: refused as a possible decompression bomb ({e}). If the "
+                             "file is trusted, downscale it first; images that large do not fit a "
+                             "diffusion prior anyway") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read {name}: not an image file Pillow can open ({e})") from None
     if fmt == "PNG" and mode in ("RGB", "RGBA") and _png_bit_depth(p) == 16:
@@ -175,6 +184,55 @@ def _to_rgb_array(im, notes: list[str]) -> tuple[np.ndarray, str]:
     return np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0, "rgb"
 
 
+PARTIAL = ".partial"
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True   # someone else's process (or not a pid we can ask about): leave its file alone
+    return True
+
+
+def remove_stale_partials(path) -> list[Path]:
+    """Remove the temporary files of writes to ``path`` whose process died (killed mid-write).
+
+    Only names :func:`atomic_path` makes (``.NAME.<pid>-<hex>.partial.SUFFIX``) whose pid no longer
+    runs on this machine are removed; returns them.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    prefix, end = f".{target.name}.", f"{PARTIAL}{target.suffix}"
+    removed = []
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(end)]
+    except OSError:
+        return removed
+    for name in names:
+        pid_text = name[len(prefix):len(name) - len(end)].split("-", 1)[0]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_running(int(pid_text)):
+            with contextlib.suppress(OSError):
+                (folder / name).unlink()
+                removed.append(folder / name)
+    return removed
+
+
+def check_writable(folder) -> None:
+    """Raise ``OSError`` (with the reason) unless a file can be created in ``folder`` now.
+
+    Creates and removes one empty hidden file: permission bits alone do not tell (root, read-only
+    mounts, full disks with quotas), so it is tried.
+    """
+    folder = Path(folder) if str(folder) else Path(".")
+    probe = folder / f".fixedpoint-ir-write-test.{os.getpid()}-{secrets.token_hex(4)}{PARTIAL}"
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.close(fd)
+    os.unlink(probe)
+
+
 @contextlib.contextmanager
 def atomic_path(path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success it is moved onto ``path``.
@@ -191,10 +249,11 @@ def atomic_path(path, overwrite: bool = False) -> Iterator[Path]:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise FileNotFoundError(f"the folder {os.fspath(folder)} does not exist")
+    remove_stale_partials(target)
     # O_EXCL: never clobber anything; mode 0o666 & ~umask, like a file the writer would create
     # itself (tempfile.mkstemp would leave it readable by the owner only).
     for _ in range(100):
-        tmp_path = folder / f".{target.name}.{secrets.token_hex(4)}.tmp{target.suffix}"
+        tmp_path = folder / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{PARTIAL}{target.suffix}"
         try:
             os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             break

@@ -177,11 +177,7 @@ class Sampler:
             if self.operator is None:
                 raise ValueError("y was given but the sampler has no operator")
             _check_finite(y, "y")
-            if y.dim() < 2:
-                raise ValueError(f"y must have a leading batch axis, got shape {tuple(y.shape)}")
-            y_image = self.operator.A_pinv(y)
-            shape = tuple(x_T.shape[1:]) if x_T is not None else tuple(y_image.shape[1:])
-            self.operator.check_observation(y, shape)
+            y_image, shape = _check_observation(self.operator, y, x_T)
             n = y.shape[0]
         elif self.operator is not None:
             raise ValueError("this sampler has an operator: pass the observation y (use sample() "
@@ -195,6 +191,11 @@ class Sampler:
                 raise ValueError("give image_shape (C, H, W) or x_T")
         if len(shape) != 3:
             raise ValueError(f"image_shape must be (C, H, W), got {shape}")
+        channels = getattr(self.prior, "channels", None)
+        if channels and shape[0] != channels:
+            what = "y gives" if y is not None else "the requested"
+            raise ValueError(f"{what} images of {shape[0]} channels (shape {shape}), but the prior "
+                             f"models {channels}-channel images")
         if x_T is None:
             x_T = torch.randn((n, *shape), generator=generator, dtype=dtype, device=device)
             if start_step is not None:
@@ -295,8 +296,15 @@ class Sampler:
         start = time.perf_counter()
         with torch.no_grad():
             states = chain.sequential()
-        return Result(states[-1], states, chain.num_rows, chain.nfe, time.perf_counter() - start,
-                      Status.CONVERGED)
+        seconds = time.perf_counter() - start
+        if not torch.isfinite(states).all():   # the parallel path raises on this too (never a grey image)
+            bad = [j for j in range(states.shape[0]) if not torch.isfinite(states[j]).all()]
+            report = SolverReport(states, chain.num_rows, [math.nan], Status.DIVERGED, {"first_bad_row": bad[0]})
+            raise SolverDivergedError(
+                f"the sequential chain produced NaN/Inf from step {bad[0]} of {chain.num_rows} on "
+                "(the prior returned non-finite values): no image is returned. Check the prior on "
+                "inputs of this size and dtype (float16/bfloat16 can overflow; try float32).", report)
+        return Result(states[-1], states, chain.num_rows, chain.nfe, seconds, Status.CONVERGED)
 
     def fixed_point_map(self, chain: Chain) -> Callable[[Tensor], Tensor]:
         """F as a callable on z (closed form or replay), exposing ``rows`` for structured solvers."""
@@ -341,7 +349,7 @@ class Sampler:
             raise SolverDivergedError(
                 f"{type(self.solver).__name__} diverged after {report.rounds} rounds "
                 f"(residuals {', '.join(f'{r:.3g}' for r in report.residuals[-3:])}); "
-                "try solver='picard', which is exact after T rounds", report)
+                + _divergence_hint(self.solver, report), report)
         if report.status is Status.MAX_ROUNDS:
             last = report.residuals[-1] if report.residuals else math.nan
             warnings.warn(f"{type(self.solver).__name__} stopped after {report.rounds} rounds without "
@@ -350,6 +358,48 @@ class Sampler:
         states = report.solution
         return Result(states[-1], states, report.rounds, chain.nfe, seconds, report.status,
                       list(report.residuals), report)
+
+
+def _divergence_hint(solver: FixedPointSolver, report: SolverReport) -> str:
+    """What can help after a divergence: another solver only when the map itself is finite."""
+    finite = all(math.isfinite(r) for r in report.residuals)
+    if not finite or type(solver).__name__ in ("Picard", "Triangular"):
+        # Picard only replays the chain: a NaN or an explosion there comes from the prior itself.
+        return ("the prior returned NaN/Inf or exploding values on these inputs: check it with "
+                "Sampler.sequential on the same y (float32, an image size the prior was trained "
+                "for); no other solver can fix a non-finite map")
+    return "try solver='picard' or 'triangular', which are exact after T rounds"
+
+
+def _recorded_image_shape(operator) -> tuple[int, ...] | None:
+    config = getattr(operator, "task_config", None)
+    shape = config.get("image_shape") if isinstance(config, dict) else None
+    shape = shape if shape is not None else getattr(operator, "image_shape", None)
+    return tuple(int(s) for s in shape) if shape is not None else None
+
+
+def _check_observation(operator, y: Tensor, x_T: Tensor | None) -> tuple[Tensor, tuple[int, ...]]:
+    """A†y and the image shape, after checking y against the operator (argument named, shape expected)."""
+    recorded = tuple(x_T.shape[1:]) if isinstance(x_T, Tensor) else _recorded_image_shape(operator)
+    name = type(operator).__name__
+    if recorded is not None:
+        expected = tuple(operator.y_shape(recorded))
+        if y.dim() != len(expected) + 1 or tuple(y.shape[1:]) != expected:
+            axes = ", ".join(map(str, expected))
+            raise ValueError(f"y must have shape (N, {axes}) (a batch of observations of the {name} "
+                             f"operator for {'x'.join(map(str, recorded))} images), got {tuple(y.shape)}"
+                             + ("; add the batch axis with y[None]" if tuple(y.shape) == expected else ""))
+    elif y.dim() < 2:
+        raise ValueError(f"y must have a leading batch axis (N, ...), got shape {tuple(y.shape)}")
+    try:
+        y_image = operator.A_pinv(y)
+    except Exception as err:   # einops / shape errors deep inside the operator
+        raise ValueError(f"y of shape {tuple(y.shape)} does not fit the {name} operator (expected a batch "
+                         f"(N, C, h, w) of its observations): {type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0]}") from None
+    shape = recorded if recorded is not None else tuple(y_image.shape[1:])
+    operator.check_observation(y, shape)
+    return y_image, shape
 
 
 class _DDNMPlusChain(Chain):

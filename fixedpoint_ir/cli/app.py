@@ -5,7 +5,7 @@ import argparse
 import math
 import sys
 
-from .common import PROG, CLIError, _Console, _sampler_defaults
+from .common import PROG, CLIError, _Console, _sampler_defaults, _seed
 from .degrade import cmd_degrade
 from .demo import cmd_demo
 from .restore import cmd_restore
@@ -55,11 +55,16 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
                    help="run the plain sequential chain instead (T network calls in a row: the "
                         "same answer, often faster on a CPU)")
     g.add_argument("--steps", type=_pos_int, metavar="T", help=f"sampling steps (default {d.get('steps')})")
-    g.add_argument("--etw", type=float, metavar="ETA", help=f"eta, weight of eps in a step (default {d.get('etw')})")
-    g.add_argument("--nw", type=float, metavar="W", help=f"weight of fresh noise (default {d.get('nw')})")
+    g.add_argument("--etw", type=float, metavar="ETA",
+                   help="the paper's eta: how much of the network's predicted noise each step keeps, "
+                        "c2 = sqrt(1-abar)*sqrt(1-ETA^2); 0 keeps all of it (plain DDIM), 1 none "
+                        f"(default {d.get('etw')})")
+    g.add_argument("--nw", type=float, metavar="W",
+                   help="weight of fresh random noise added at each step (default "
+                        f"{d.get('nw')}: none, as the reference code); c1 = sqrt(1-abar)*W")
     g.add_argument("--sigma-y", type=_nonneg_float, metavar="S",
                    help="observation noise std on the [-1, 1] scale (default: the config's or task's)")
-    g.add_argument("--seed", type=int, default=0, help="seed of x_T and the noises (default 0)")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of x_T and the noises, 0 to 2**64-1 (default 0)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
     g.add_argument("--max-batch", type=_pos_int, metavar="N",
                    help="most images per network call (bounds memory)")
@@ -93,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="restored image file (a folder when there are several inputs)")
     r.add_argument("--task", help="the degradation (`fixedpoint-ir tasks`); not needed with a config")
-    r.add_argument("--mask", metavar="PATH", help="inpainting mask image (white = observed)")
+    r.add_argument("--mask", metavar="PATH",
+                   help="mask image of the input's size, white = observed, black = missing: for "
+                        "inpainting, and for old_photo the scratches of the scan")
     r.add_argument("--config", metavar="JSON",
                    help="settings written by `degrade` (default: INPUT.json when it exists)")
     r.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -120,13 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Degrade an image with a task; writes OUTPUT, OUTPUT.json and, "
                                     "for masks, OUTPUT.mask.png so that `restore OUTPUT` rebuilds the "
                                     "same operator.")
-    dg.add_argument("input", metavar="INPUT")
+    dg.add_argument("input", metavar="INPUT", help="a clean image file (PNG, JPEG, …) to degrade")
     dg.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="observation image (PNG)")
     dg.add_argument("--task", help="the degradation (`fixedpoint-ir tasks`)")
     dg.add_argument("--mask", metavar="PATH", help="inpainting mask image (white = observed)")
     dg.add_argument("--param", action="append", metavar="KEY=VALUE",
                     help="override a task parameter, e.g. --param missing=0.8 (repeatable)")
-    dg.add_argument("--seed", type=int, default=0, help="seed of random masks and of the noise (default 0)")
+    dg.add_argument("--seed", type=_seed, default=0,
+                    help="seed of random masks and of the noise, 0 to 2**64-1 (default 0)")
     dg.add_argument("--sigma-y", type=_nonneg_float, metavar="S",
                     help="observation noise std on the [-1, 1] scale (default: the task's)")
     _common(dg)
@@ -153,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 success, 2 user error, 1 internal error)."""
+    """Run the command line; returns the exit status (0 success, 2 user or file-system error, 1 internal error)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -169,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-            PermissionError, ValueError, KeyError) as e:
+    except (CLIError, OSError, ValueError, KeyError) as e:   # the user's or the machine's, not ours
         if debug:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if isinstance(e, OSError) and e.strerror and e.filename:   # "[Errno 30] …" → readable
+            message = f"cannot write or read {e.filename}: {e.strerror}"
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001

@@ -68,6 +68,46 @@ def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> 
             raise CLIError(f"the output {out} already exists (pass --overwrite to replace it)")
 
 
+def _check_output_folders(outputs: list[Path]) -> None:
+    """Every output's folder exists and accepts a new file now, before any slow or network work."""
+    from ..images import check_writable
+
+    for folder in dict.fromkeys((o.parent if str(o.parent) else Path(".")) for o in outputs):
+        if not folder.exists():
+            raise CLIError(f"the output folder {folder} does not exist: create it first "
+                           f"(mkdir -p {folder}) or choose another output")
+        if not folder.is_dir():
+            raise CLIError(f"the output folder {folder} is a file, not a folder")
+        try:
+            check_writable(folder)
+        except OSError as e:
+            raise CLIError(f"cannot write to the output folder {folder}: "
+                           f"{e.strerror or e} (choose a writable output)") from None
+
+
+def _make_output_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"cannot create the output folder {folder}: {e.strerror or e}") from None
+
+
+#: torch.Generator.manual_seed takes 64-bit seeds.
+SEED_MAX = 2 ** 64 - 1
+
+
+def _seed(text: str) -> int:
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64 - 1], got {text}")
+    return v
+
+
 def _check_suffix(path: Path, what: str = "output") -> None:
     from ..images import WRITABLE_SUFFIXES
 

@@ -81,6 +81,7 @@ class Problem:
     sigma_y: float
     notes: list[str] = field(default_factory=list)
     source: str = ""
+    warnings: list[str] = field(default_factory=list)   # shown even with --quiet
 
 
 def _load_config(path: Path) -> dict:
@@ -137,10 +138,31 @@ def _operator_from_sidecar(config: dict, config_path: Path, notes: list[str]):
         raise CLIError(f"the config {config_path} is not a task config: {e}") from None
 
 
+def _old_photo_with_mask(shape, mask_path: Path, params: dict):
+    """old_photo (scratches on a grey image) with the scratch mask read from an image file."""
+    from ..operators.compose import old_photo
+    from ..operators.masks import mask_from_image
+    from ..operators.tasks import task_defaults
+
+    unknown = sorted(set(params) - {"weights"})
+    if unknown:
+        raise CLIError(f"--param {', '.join(unknown)} does not apply to old_photo with --mask "
+                       "(only weights)")
+    weights = params.get("weights", task_defaults("old_photo")["weights"])
+    if not mask_path.is_file():
+        raise FileNotFoundError(f"mask image not found: {mask_path}")
+    op = old_photo(mask_from_image(mask_path, tuple(shape[-2:])), weights)
+    op.task_config = {"task": "old_photo", "image_shape": list(shape),
+                      "params": {"weights": list(weights), "mask_file": os.fspath(mask_path)},
+                      "sigma_y": 0.0}
+    return op
+
+
 def _build_problem(input_path: Path, x: torch.Tensor, args, notes: list[str]) -> Problem:
     from ..operators.tasks import make_operator
 
     params = _parse_params(getattr(args, "param", None))
+    warns: list[str] = []
     config_path = Path(args.config) if args.config else None
     if config_path is None:
         candidate = _sidecar_path(input_path)
@@ -161,9 +183,13 @@ def _build_problem(input_path: Path, x: torch.Tensor, args, notes: list[str]) ->
         op = _operator_from_sidecar(config, config_path, notes)
         shape = tuple(int(s) for s in tc["image_shape"])
         sigma_y = config.get("sigma_y", tc.get("sigma_y", 0.0))
+    elif args.mask and args.task == "old_photo":   # issue 14: the scan's own scratch mask
+        shape = (3, h, w)
+        op = _old_photo_with_mask(shape, Path(args.mask), params)
+        sigma_y = op.task_config["sigma_y"]
     elif args.mask:
         if args.task and not args.task.startswith("inpaint"):
-            raise CLIError(f"--mask applies to inpainting tasks, not {args.task!r}")
+            raise CLIError(f"--mask applies to inpainting tasks and old_photo, not {args.task!r}")
         shape = (3, h, w)
         op = make_operator("inpaint_file", shape, path=os.fspath(Path(args.mask)), **params)
         sigma_y = op.task_config["sigma_y"]
@@ -172,8 +198,11 @@ def _build_problem(input_path: Path, x: torch.Tensor, args, notes: list[str]) ->
         op = make_operator(args.task, shape, **params)
         sigma_y = op.task_config["sigma_y"]
         if op.task_config["task"] in ("inpaint_random", "old_photo") and "seed" not in params:
-            notes.append(f"no mask given (--mask, --config or an INPUT.json sidecar): using the "
-                         f"{args.task} mask of seed {op.task_config['params'].get('seed')}")
+            what = ("synthetic scratch mask" if args.task == "old_photo" else "random mask")
+            warns.append(f"no mask given (--mask, --config or an INPUT.json sidecar): using a {what} "
+                         f"(seed {op.task_config['params'].get('seed')}) that has nothing to do with "
+                         f"this image; pass --mask MASK.png (white = intact, black = damaged, the "
+                         f"image's size) to mark the real damage")
     else:
         from ..operators.tasks import list_tasks
 
@@ -181,4 +210,4 @@ def _build_problem(input_path: Path, x: torch.Tensor, args, notes: list[str]) ->
     if args.sigma_y is not None:
         sigma_y = args.sigma_y
     y = observation_from_image(x, op, shape, notes)
-    return Problem(op, shape, y, float(sigma_y or 0.0), notes, os.fspath(input_path))
+    return Problem(op, shape, y, float(sigma_y or 0.0), notes, os.fspath(input_path), warns)

@@ -4,16 +4,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import CLIError, _Console, _check_outputs, _check_suffix, _device, _expand_inputs
+from .common import (CLIError, _Console, _check_output_folders, _check_outputs, _check_suffix, _device,
+                     _expand_inputs, _make_output_folder)
 from .figures import _panels, _scores, write_comparison
 from .problems import _build_problem
-from .running import _load_prior, _make_sampler, _optimize_noise, _run, _summary, _tiled
+from .running import (_clipping_warning, _load_prior, _make_sampler, _optimize_noise, _range_warnings, _run,
+                      _summary, _tiled)
 
 
 def cmd_restore(args, console: _Console) -> int:
     if getattr(args, "optimize_noise", False) and not args.reference:
         raise CLIError("--optimize-noise needs --reference REF (the image to steer toward)")
-    from ..images import read_image, write_image
+    from ..images import WRITABLE_SUFFIXES, read_image, write_image
 
     inputs = _expand_inputs(args.inputs)
     out = Path(args.output)
@@ -21,6 +23,9 @@ def cmd_restore(args, console: _Console) -> int:
     if many:
         if out.exists() and not out.is_dir():
             raise CLIError(f"with several inputs the output {out} must be a folder")
+        if not out.exists() and out.suffix.lower() in WRITABLE_SUFFIXES and not args.output.endswith(("/", os.sep)):
+            raise CLIError(f"{len(inputs)} inputs but the output {out} looks like one image file: give a "
+                           f"folder (e.g. -o restored/) for several inputs")
         outputs = [out / (p.stem + ".png") for p in inputs]
     else:
         outputs = [out]
@@ -57,9 +62,10 @@ def cmd_restore(args, console: _Console) -> int:
         get_solver(args.solver)  # fail before loading anything
     device = _device(args.device)
     if many:
-        out.mkdir(parents=True, exist_ok=True)
+        _make_output_folder(out)
         if args.compare:
-            Path(args.compare).mkdir(parents=True, exist_ok=True)
+            _make_output_folder(Path(args.compare))
+    _check_output_folders(outputs + [c for c in compares if c is not None])
     # Read and check every input before the first (slow) restoration.
     problems = []
     for p in inputs:
@@ -69,6 +75,8 @@ def cmd_restore(args, console: _Console) -> int:
     for problem, output, compare, gt_path in zip(problems, outputs, compares, gts):
         for note in problem.notes:
             console.note(f"{problem.source}: {note}")
+        for warning in problem.warnings + _range_warnings(prior, problem.image_shape, args.checkpoint):
+            console.warn(f"{problem.source}: {warning}")
         gt = None
         if gt_path is not None:
             gt, gt_notes = read_image(gt_path)
@@ -87,6 +95,9 @@ def cmd_restore(args, console: _Console) -> int:
             result = _run(sampler, y, args.seed, device, args.sequential, console)
             image = result.image.detach().cpu()
         problem.operator.to("cpu")  # the sampler moved it to the device
+        clipped = _clipping_warning(image)
+        if clipped:
+            console.warn(f"{problem.source}: {clipped}")
         write_image(image, output, overwrite=args.overwrite)
         line = (f"{problem.source} -> {output}" if getattr(args, "optimize_noise", False)
                 else _summary(problem.source, result, sampler, args.sequential) + f" -> {output}")

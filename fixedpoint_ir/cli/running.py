@@ -105,3 +105,29 @@ def _summary(label: str, result, sampler, sequential: bool) -> str:
     how = "sequential" if sequential else type(sampler.solver).__name__.lower()
     return (f"{label}: {result.status.value}, {result.rounds} rounds, {result.nfe} NFEs, "
             f"{result.seconds:.1f} s wall-clock ({how}, T={sampler.steps})")
+
+
+# --- issue 14: say when the prior is outside what it was trained for -------------------------------
+#: Share of the restored values beyond the image range (by more than 8/255) that earns a warning.
+CLIPPED_SHARE = 0.05
+
+
+def _range_warnings(prior, image_shape, checkpoint) -> list[str]:
+    """Warnings for images smaller than the crops the shipped prior was trained on."""
+    crop = (getattr(prior, "metadata", None) or {}).get("crop") if not checkpoint else None
+    h, w = (int(s) for s in tuple(image_shape)[-2:])
+    if crop is None or min(h, w) >= int(crop):
+        return []
+    return [f"the image is {h}x{w}, smaller than the {crop}x{crop} crops the shipped prior was trained "
+            f"on: it is outside the prior's range and the result is poor (colorization and old_photo "
+            f"below {crop} px give saturated, wrong colours); use a larger image or --checkpoint"]
+
+
+def _clipping_warning(image: torch.Tensor) -> str | None:
+    """A warning when much of the restored image lies outside [-1, 1] (the file holds it clipped)."""
+    share = float((image.detach().abs() > 1 + 16 / 255).float().mean())
+    if share <= CLIPPED_SHARE:
+        return None
+    return (f"{100 * share:.0f} % of the restored values lie outside the image range and are clipped "
+            "in the file: the prior could not restore this image (too small, or unlike its training "
+            "images); the output is unreliable")
