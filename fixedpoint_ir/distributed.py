@@ -388,8 +388,14 @@ def distribute(sampler, group: dist.ProcessGroup | None = None, check: bool | No
     group with the same arguments — in particular the same x_T and noise: pass a
     ``torch.Generator`` seeded identically on every rank (or x_T / noise broadcast from rank 0).
     Each rank gets the full result. ``check``: see :class:`DistributedPrior`.
+
+    Without a process group (a plain ``python script.py``, where :func:`init_from_env` initialises
+    nothing) and no ``group`` given, the sampler is returned unchanged, so the same script runs
+    with and without ``torchrun`` (``examples/restore_distributed.py``).
     """
     if isinstance(sampler.prior, DistributedPrior):
+        return sampler
+    if group is None and not (dist.is_available() and dist.is_initialized()):
         return sampler
     out = copy.copy(sampler)
     out.prior = DistributedPrior(sampler.prior, group=group, check=check)

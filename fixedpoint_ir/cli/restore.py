@@ -75,8 +75,6 @@ def cmd_restore(args, console: _Console) -> int:
     for problem, output, compare, gt_path in zip(problems, outputs, compares, gts):
         for note in problem.notes:
             console.note(f"{problem.source}: {note}")
-        for warning in problem.warnings + _range_warnings(prior, problem.image_shape, args.checkpoint):
-            console.warn(f"{problem.source}: {warning}")
         gt = None
         if gt_path is not None:
             gt, gt_notes = read_image(gt_path)
@@ -88,6 +86,8 @@ def cmd_restore(args, console: _Console) -> int:
         the_prior = _tiled(prior, problem.image_shape[1:], args.tile_overlap, console)
         sampler = _make_sampler(the_prior, problem.operator, args, problem.sigma_y,
                                 progress=not args.quiet and not args.sequential)
+        for warning in problem.warnings + _range_warnings(prior, problem.image_shape, args.checkpoint):
+            console.warn(f"{problem.source}: {warning}")
         y = problem.y.to(device)
         if getattr(args, "optimize_noise", False):
             image = _optimize_noise(sampler, y, args, problem, device, console)

@@ -118,9 +118,8 @@ def _range_warnings(prior, image_shape, checkpoint) -> list[str]:
     h, w = (int(s) for s in tuple(image_shape)[-2:])
     if crop is None or min(h, w) >= int(crop):
         return []
-    return [f"the image is {h}x{w}, smaller than the {crop}x{crop} crops the shipped prior was trained "
-            f"on: it is outside the prior's range and the result is poor (colorization and old_photo "
-            f"below {crop} px give saturated, wrong colours); use a larger image or --checkpoint"]
+    return [f"{h}x{w} is smaller than the {crop}x{crop} crops the shipped prior was trained on: expect a "
+            f"poor result (colours especially: colorize / old_photo give saturated, wrong colours)"]
 
 
 def _clipping_warning(image: torch.Tensor) -> str | None:
