@@ -446,12 +446,47 @@ def test_empty_and_missing_files(tmp_path):
         load_prior(tmp_path / "folder")
 
 
-def test_code_in_file_is_never_executed(tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_code_in_file_is_never_executed(tmp_path, zip_format):
     path = tmp_path / "evil.pt"
-    torch.save({"weight": torch.zeros(2), "payload": _Evil()}, path)
-    with pytest.raises(CheckpointError, match="execute code"):
+    torch.save({"weight": torch.zeros(2), "payload": _Evil()}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError, match="holds Python code.*_mark_executed.*was not run") as info:
         load_prior(path)
     assert not _EXECUTED
+    message = str(info.value)
+    assert "weights_only" not in message and "corrupt" not in message   # no advice to run the code
+    assert "convert_to_safetensors" in message and "trusted=True" in message
+
+
+def test_a_trusted_full_pickle_converts_to_safetensors(tmp_path):
+    import argparse
+
+    from fixedpoint_ir.priors.checkpoints import convert_to_safetensors
+
+    source = tmp_path / "full.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1)}, source)
+    with pytest.raises(CheckpointError, match="holds Python code"):
+        read_state_dict(source)
+    with pytest.raises(ValueError, match="trusted=True"):
+        convert_to_safetensors(source, tmp_path / "full.safetensors")
+    out = convert_to_safetensors(source, tmp_path / "full.safetensors", trusted=True)
+    assert torch.equal(read_state_dict(out)["w"], torch.ones(2))
+
+
+def test_unreachable_hub_fails_in_seconds_and_says_offline(monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as s:   # a port nothing listens on: connection refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    with pytest.raises(CheckpointError, match="cannot be reached.*offline.*local folder") as info:
+        load_prior("google/ddpm-cifar10-32")
+    assert time.monotonic() - start < 10
+    assert "config.json" not in str(info.value)
 
 
 @needs_fixtures

@@ -255,3 +255,111 @@ def test_surrogate_option(tmp_path, photo, capsys):
     broken.write_text("{}")
     _fails(capsys, ["restore", str(y_path), "-o", str(tmp_path / "x.png"), "--surrogate", str(broken),
                     "--quiet"], "power_law_gaussian")
+
+
+# --- issue 14: the first hour of a new user -------------------------------------------------------------
+def _no_prior(monkeypatch):
+    """Make loading the prior fail loudly: the checks below must happen before it (and any network)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the prior was loaded before the output checks")
+    monkeypatch.setattr("fixedpoint_ir.cli.restore._load_prior", refuse)
+
+
+def test_sequential_nan_prior_exits_2_and_writes_nothing(tmp_path, photo, capsys, monkeypatch):
+    from fixedpoint_ir import GaussianMixturePrior
+
+    class NaNPrior(GaussianMixturePrior):
+        def predict_eps(self, x, t):
+            return super().predict_eps(x, t) * float("nan")
+
+    monkeypatch.setattr("fixedpoint_ir.cli.restore._load_prior", lambda *a, **k: NaNPrior())
+    out = tmp_path / "out.png"
+    for extra in (["--sequential"], []):
+        err = _fails(capsys, ["restore", str(photo), "-o", str(out), "--task", "sr2", "--steps", "3",
+                              "--quiet", *extra], "NaN")
+        assert "internal error" not in err
+        assert not out.exists()
+
+
+def test_output_problems_are_found_before_the_work(tmp_path, photo, capsys, monkeypatch):
+    import errno
+
+    _no_prior(monkeypatch)
+    _fails(capsys, ["restore", str(photo), "-o", str(tmp_path / "missing" / "r.png"), "--task", "sr2"],
+           "does not exist", "mkdir -p")
+
+    def read_only(folder):
+        raise OSError(errno.EROFS, "Read-only file system", str(folder))
+    monkeypatch.setattr("fixedpoint_ir.images.check_writable", read_only)
+    _fails(capsys, ["restore", str(photo), "-o", str(tmp_path / "r.png"), "--task", "sr2"], "Read-only file system")
+    second = tmp_path / "b.png"
+    second.write_bytes(photo.read_bytes())
+    _fails(capsys, ["restore", str(photo), str(second), "-o", str(tmp_path / "onefile.png"), "--task", "sr2"],
+           "2 inputs", "folder")
+    assert not (tmp_path / "onefile.png").exists()
+
+
+def test_write_error_of_the_file_system_is_a_one_line_error(tmp_path, photo, capsys, monkeypatch):
+    import errno
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "r.png"))
+    monkeypatch.setattr("fixedpoint_ir.images.write_image", refuse)
+    err = _fails(capsys, ["restore", str(photo), "-o", str(tmp_path / "r.png"), "--task", "sr2",
+                          "--steps", "2", "--sequential", "--quiet"], "Read-only file system")
+    assert "internal error" not in err
+
+
+def test_decompression_bomb_is_a_user_error(tmp_path, photo, capsys, monkeypatch):
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)   # the 32x32 photo is > 2x this: refused
+    _no_prior(monkeypatch)
+    err = _fails(capsys, ["restore", str(photo), "-o", str(tmp_path / "r.png"), "--task", "sr2"],
+                 "decompression bomb")
+    assert "internal error" not in err
+
+
+def test_seed_out_of_range_names_the_option(tmp_path, photo, capsys):
+    assert main(["restore", str(photo), "-o", str(tmp_path / "r.png"), "--task", "sr2",
+                 "--seed", "99999999999999999999"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and "Overflow" not in err
+
+
+def test_help_explains_every_argument(capsys):
+    assert main(["degrade", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "clean image file" in out
+    assert main(["restore", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "predicted noise" in out and "fresh random noise" in out
+
+
+def test_small_colorization_and_synthetic_scratches_are_announced(tmp_path, photo, capsys):
+    """32 px is below the shipped prior's 64 px training crops: a warning, even with --quiet; old_photo
+    without --mask says its mask is synthetic; with --mask the scan's own mask is used."""
+    grey = tmp_path / "grey.png"
+    write_image(read_image(photo)[0].mean(1, keepdim=True), grey)
+    assert main(["restore", str(grey), "-o", str(tmp_path / "c.png"), "--task", "colorize", "--steps", "3",
+                 "--sequential", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "smaller than the 64x64 crops" in err and "wrong colours" in err
+    assert main(["restore", str(grey), "-o", str(tmp_path / "o.png"), "--task", "old_photo", "--steps", "3",
+                 "--sequential", "--quiet"]) == 0
+    assert "synthetic scratch mask" in capsys.readouterr().err
+    mask = tmp_path / "scratches.png"
+    m = np.full((32, 32), 255, dtype=np.uint8)
+    m[10, :] = 0
+    Image.fromarray(m).save(mask)
+    assert main(["restore", str(grey), "-o", str(tmp_path / "m.png"), "--task", "old_photo", "--mask", str(mask),
+                 "--steps", "3", "--sequential", "--quiet"]) == 0
+    assert "synthetic" not in capsys.readouterr().err
+
+
+def test_clipping_warning_only_for_images_far_outside_the_range():
+    from fixedpoint_ir.cli.running import _clipping_warning
+
+    assert _clipping_warning(torch.zeros(1, 3, 8, 8)) is None
+    assert _clipping_warning(torch.full((1, 3, 8, 8), 1.02)) is None
+    assert "clipped" in _clipping_warning(torch.full((1, 3, 8, 8), 2.3))

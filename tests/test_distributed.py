@@ -387,3 +387,26 @@ def test_hang_of_one_rank_ends_the_run_after_the_timeout(tmp_path):
 
 if __name__ == "__main__":
     _worker(sys.argv[1], Path(sys.argv[2]))
+
+
+def test_example_script_runs_with_and_without_torchrun(tmp_path):
+    """examples/restore_distributed.py as shipped: one process, then two gloo processes via torchrun
+    (torch.distributed.run); both write the same image (up to 8-bit rounding)."""
+    import numpy as np
+    from PIL import Image
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "restore_distributed.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", CUDA_VISIBLE_DEVICES="")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    small = ["--size", "32", "--steps", "4"]
+    one = subprocess.run([sys.executable, str(script), *small, "-o", str(tmp_path / "one.png")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), *small, "-o", str(tmp_path / "two.png")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "2 process(es)" in two.stdout and "1 process(es)" in one.stdout
+    a, b = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=float) for n in ("one", "two"))
+    assert np.abs(a - b).max() <= 1.0

@@ -103,3 +103,24 @@ def test_metrics_conventions():
 
     op = Colorization()
     assert consistency(op, x, op.A(x[None])[0]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_a_write_killed_midway_leaves_nothing_a_later_write_keeps(tmp_path):
+    """SIGKILL inside the atomic write leaves the hidden partial file (nothing can remove it then);
+    the next write to the same target removes it, and the partial never has the output's name."""
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "out.png"
+    code = ("import os, signal, sys; from fixedpoint_ir.images import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(b'half a png')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True)
+    assert done.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 1 and left[0].startswith(".out.png.") and left[0].endswith(".partial.png"), left
+    assert not target.exists()
+    write_image(torch.zeros(1, 3, 4, 4), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]

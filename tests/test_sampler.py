@@ -145,3 +145,61 @@ def test_tf32_on_cuda_is_warned_about_below_its_rounding():
                 warn_if_tf32(cuda, 1e-3)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# --- issue 14: no garbage returned, clear errors on the observation ---------------------------------
+class _NaNAfter(GaussianMixturePrior):
+    """The analytic ε, but NaN from the k-th network call on (a broken prior)."""
+
+    def __init__(self, k: int = 2):
+        super().__init__()
+        self.k, self.calls = k, 0
+
+    def predict_eps(self, x, t):
+        self.calls += 1
+        e = super().predict_eps(x, t)
+        return e * float("nan") if self.calls >= self.k else e
+
+
+def test_sequential_raises_on_nan_like_the_parallel_path():
+    from fixedpoint_ir.solver import SolverDivergedError
+
+    y = torch.zeros(1, 3, 4, 4)
+    for run in ("sequential", "restore"):
+        sampler = Sampler(_NaNAfter(), AveragePool(2), steps=5, solver=Picard())
+        with pytest.raises(SolverDivergedError, match="NaN") as info:
+            getattr(sampler, run)(y, generator=torch.Generator().manual_seed(0))
+        assert "solver='picard'" not in str(info.value)   # Picard cannot fix a non-finite prior
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (1, 1, 3, 8, 8), (1, 3, 5, 5), (1, 1, 8, 8)])
+def test_observation_of_the_wrong_shape_is_named(shape):
+    from fixedpoint_ir.operators import make_operator
+
+    sampler = Sampler(GaussianMixturePrior(), make_operator("sr4", (3, 32, 32)), steps=3)
+    for run in ("sequential", "restore"):
+        with pytest.raises(ValueError, match=r"y must have shape \(N, 3, 8, 8\).*3x32x32.*got") as info:
+            getattr(sampler, run)(torch.zeros(shape))
+        assert "Einops" not in str(info.value) and "surrogate" not in str(info.value)
+
+
+@pytest.mark.parametrize("make", ["Anderson", "Broyden"])
+def test_anderson_and_broyden_defaults_reach_the_sequential_answer(make):
+    from fixedpoint_ir import backends
+
+    prior = GaussianMixturePrior()
+    op = AveragePool(2)
+    y = op.A(ground_truth(4))
+    sampler = Sampler(prior, op, steps=20, solver=getattr(backends, make)(tol=0.0))  # never stops on tol
+    result = sampler.restore(y, generator=torch.Generator().manual_seed(0))
+    reference = sampler.sequential(y, generator=torch.Generator().manual_seed(0))
+    assert result.converged and result.rounds <= 20
+    assert float((result.image - reference.image).abs().max()) < 1e-10
+
+
+def test_published_anderson_is_still_the_reference_configuration():
+    from fixedpoint_ir.backends import Anderson
+
+    a = Anderson.published()
+    assert (a.max_rounds, a.m, a.lam, a.beta, a.warmup, a.mixing, a.return_image, a.exact_prefix,
+            a.safeguard) == (15, 5, 1e-3, 1.0, 2, "per_row", False, False, None)
