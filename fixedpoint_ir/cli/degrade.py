@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .common import SIDECAR_FORMAT, CLIError, _Console, _check_outputs, _check_suffix, _find, _parse_params
+from .common import (SIDECAR_FORMAT, CLIError, _Console, _check_output_folders, _check_outputs, _check_suffix,
+                     _find, _parse_params)
 from .problems import _mask_path, _sidecar_path, image_from_observation
 
 
@@ -38,6 +39,7 @@ def cmd_degrade(args, console: _Console) -> int:
     sidecar, mask_png = _sidecar_path(out), _mask_path(out)
     outputs = [out, sidecar] + ([mask_png] if mask_op is not None else [])
     _check_outputs(outputs, [inp] + ([Path(args.mask)] if args.mask else []), args.overwrite)
+    _check_output_folders(outputs)
     sigma_y = float(op.task_config["sigma_y"])
     y = degrade(x.to(torch.float64), op, sigma_y, torch.Generator().manual_seed(args.seed)).to(torch.float32)
     picture = image_from_observation(y, op)

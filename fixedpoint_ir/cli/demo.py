@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
-from .common import CLIError, _Console, _check_outputs, _device, _parse_params
+from .common import (CLIError, _Console, _check_output_folders, _check_outputs, _device, _make_output_folder,
+                     _parse_params)
 from .figures import _panels, write_comparison
 from .problems import Problem, image_from_observation
-from .running import _load_prior, _make_sampler, _run, _summary, _tiled
+from .running import _clipping_warning, _load_prior, _make_sampler, _range_warnings, _run, _summary, _tiled
 
 
 def cmd_demo(args, console: _Console) -> int:
@@ -35,7 +36,8 @@ def cmd_demo(args, console: _Console) -> int:
     shape = (3, args.size, args.size)
     op = make_operator(args.task, shape, **params)
     _check_outputs(list(paths.values()), [], args.overwrite)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_output_folder(folder)
+    _check_output_folders(list(paths.values()))
     started = time.perf_counter()
     gt = holdout_crop(args.photo, args.size, scale=min(1.0, args.size / 256))[None]
     sigma_y = float(op.task_config["sigma_y"] if args.sigma_y is None else args.sigma_y)
@@ -43,10 +45,15 @@ def cmd_demo(args, console: _Console) -> int:
     console.info(f"demo: {args.photo} ({args.size}x{args.size} hold-out crop, never seen in training), "
                  f"task {args.task}: {op.task_config['params']}")
     prior = _load_prior(args, device, console)
+    for warning in _range_warnings(prior, shape, args.checkpoint):
+        console.warn(f"demo: {warning}")
     prior = _tiled(prior, shape[1:], args.tile_overlap, console)
     sampler = _make_sampler(prior, op, args, sigma_y, progress=not args.quiet and not args.sequential)
     result = _run(sampler, y.to(device), args.seed, device, args.sequential, console)
     restored = result.image.detach().cpu()
+    clipped = _clipping_warning(restored)
+    if clipped:
+        console.warn(f"demo: {clipped}")
     op.to("cpu")  # the sampler moved it to the device
     problem = Problem(op, shape, y, sigma_y, [], f"{args.photo} crop")
     write_image(gt, paths["ground_truth"], overwrite=args.overwrite)
