@@ -10,6 +10,9 @@ the chain and every solver backend stay as they are:
     sampler = distribute(Sampler(prior.to(info.device), operator, solver="anderson", steps=100))
     result = sampler.restore(y.to(info.device), generator=g)     # same call on every rank
 
+A complete script that runs as is with and without ``torchrun`` (``distribute`` returns the
+sampler unchanged when there is no process group): ``examples/restore_distributed.py``.
+
 Design (issue 8):
 
 - A round evaluates ε on the whole batch u of shape (T·N, C, H, W) (T states × N images) in one

@@ -15,10 +15,14 @@ takes ``--config``) and rebuilds exactly the same operator. The observation is t
 restore enforces data consistency with that quantised y (an error of at most 1/510 per pixel on
 the [0, 1] scale, far below what the prior can resolve).
 
-Errors that are the user's (a missing or unreadable file, an existing output without
-``--overwrite``, an output that would replace the input, a task that does not fit the image size,
-an unknown task or solver) exit with status 2 and one line on stderr; ``--debug`` shows the
-traceback. Conversions of the input (grey, alpha, palette, 16-bit) are reported as notes.
+Errors that are the user's or the machine's (a missing, unreadable or oversized file, an existing
+output without ``--overwrite``, an output that would replace the input, a missing or read-only
+output folder, several inputs with one output file, a task that does not fit the image size, an
+unknown task or solver, a diverged solve) exit with status 2 and one line on stderr, and the
+outputs are checked before any slow or network work; ``--debug`` shows the traceback.
+Conversions of the input (grey, alpha, palette, 16-bit) are reported as notes; what makes the
+result doubtful (an image below the shipped prior's training size, a synthetic scratch mask,
+heavy clipping) as warnings, also with ``--quiet``.
 """
 from __future__ import annotations
 
