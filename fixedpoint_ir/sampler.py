@@ -194,7 +194,7 @@ class Sampler:
         channels = getattr(self.prior, "channels", None)
         if channels and shape[0] != channels:
             what = "y gives" if y is not None else "the requested"
-            raise ValueError(f"{what} images of {shape[0]} channels (shape {shape}), but the prior "
+            raise ValueError(f"{what} {shape[0]}-channel images (shape {shape}), but the prior "
                              f"models {channels}-channel images")
         if x_T is None:
             x_T = torch.randn((n, *shape), generator=generator, dtype=dtype, device=device)
