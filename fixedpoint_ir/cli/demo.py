@@ -23,7 +23,7 @@ def cmd_demo(args, console: _Console) -> int:
         raise CLIError(f"unknown demo photo {args.photo!r}; choose one of {', '.join(HOLDOUT)}")
     if args.size < 16:
         raise CLIError(f"--size must be at least 16, got {args.size}")
-    if args.solver is not None:
+    if args.solver not in (None, "auto"):
         from ..solver import get_solver
 
         get_solver(args.solver)
@@ -45,7 +45,7 @@ def cmd_demo(args, console: _Console) -> int:
     prior = _load_prior(args, device, console)
     prior = _tiled(prior, shape[1:], args.tile_overlap, console)
     sampler = _make_sampler(prior, op, args, sigma_y, progress=not args.quiet and not args.sequential)
-    result = _run(sampler, y.to(device), args.seed, device, args.sequential, console)
+    result = _run(sampler, y.to(device), args.seed, device, args.sequential, console, verbose=args.verbose)
     restored = result.image.detach().cpu()
     op.to("cpu")  # the sampler moved it to the device
     problem = Problem(op, shape, y, sigma_y, [], f"{args.photo} crop")
