@@ -226,7 +226,7 @@ class Choice:
 
 def choose(prior, solver, *, steps: int, images: int, image_shape: tuple[int, int, int],
            dtype=torch.float32, device="cpu", max_inputs: int | None = None,
-           measure=measure_batch_cost) -> Choice:
+           measure=None) -> Choice:
     """Parallel or sequential, whichever is predicted faster (ties go to sequential: it is exact
     and needs less memory).
 
@@ -235,6 +235,7 @@ def choose(prior, solver, *, steps: int, images: int, image_shape: tuple[int, in
     the answer; otherwise the image's own size is measured. ``max_inputs`` caps the batches
     measured (the memory plan's chunk). ``measure`` is injectable (tests use fake cost curves).
     """
+    measure = measure or measure_batch_cost
     probe = probe_shape(prior, image_shape)
     rows = expected_rows(solver, steps)
 

@@ -222,6 +222,11 @@ class Sampler:
             if x_T.dim() != 4 or tuple(x_T.shape) != (n, *shape):
                 raise ValueError(f"x_T must have shape {(n, *shape)}, got {tuple(x_T.shape)}")
         steps = coefficients.num_steps
+        if self.plan_memory:   # refuse what cannot fit even sequentially before allocating T states
+            from .memory import plan_for
+
+            plan_for(self.prior, rows=steps, images=n, image_shape=shape, dtype=dtype, device=device,
+                     mode="sequential")
         if noise is None:
             noise = draw_noise(steps, tuple(x_T.shape), self.noise, generator=generator,
                                dtype=dtype, device=device)
