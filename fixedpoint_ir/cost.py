@@ -4,7 +4,7 @@ DESIGN §10: with c(B) the time of one network call on B states and B_k the rows
 solver round k, the parallel solve costs about Σ_k c(B_k) (plus replay and bookkeeping), the
 sequential chain T·c(1). :func:`measure_batch_cost` times c(B) for B = 1, 2, 4, … (a few calls,
 stopping as soon as batches stop paying) and caches it per prior, device, dtype and input shape
-(in memory, and in ``$FIXEDPOINT_IR_CACHE_DIR/batch_cost.json`` when that variable is set);
+(in memory, and on disk after :func:`enable_disk_cache` or with ``$FIXEDPOINT_IR_CACHE_DIR``);
 :func:`expected_rows` says how many rows a solver evaluates per round (its own
 ``expected_rows(steps)`` if it has one, else the table below); :func:`choose` compares the two
 predictions and says why.
@@ -22,7 +22,7 @@ import torch
 
 from .memory import input_scale, inputs_per_image, measure_input_bytes, probe_shape
 
-__all__ = ["BatchCost", "Choice", "measure_batch_cost", "expected_rows", "predict_parallel",
+__all__ = ["BatchCost", "Choice", "enable_disk_cache", "measure_batch_cost", "expected_rows", "predict_parallel",
            "predict_sequential", "choose", "TRIANGULAR_WORK"]
 
 #: Default triangular solver (secant, surrogate init): (T, rounds / T, network evaluations / T),
@@ -81,9 +81,23 @@ def _cache_key(prior, shape, dtype, device) -> str:
     return f"{_prior_key(prior)}|{where}|{dtype}|{'x'.join(map(str, shape))}"
 
 
+_DISK_DIR: Path | None = None
+
+
+def enable_disk_cache(folder: str | os.PathLike | None = None) -> None:
+    """Also keep measurements on disk, in ``folder`` (default: ``$XDG_CACHE_HOME/fixedpoint-ir``
+    or ``~/.cache/fixedpoint-ir``). ``$FIXEDPOINT_IR_CACHE_DIR`` overrides it; set it empty to
+    keep measurements in memory only. The command line enables this."""
+    global _DISK_DIR
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    _DISK_DIR = Path(folder) if folder is not None else Path(base) / "fixedpoint-ir"
+
+
 def _disk_cache() -> Path | None:
     folder = os.environ.get("FIXEDPOINT_IR_CACHE_DIR")
-    return Path(folder) / "batch_cost.json" if folder else None
+    if folder is not None:
+        return Path(folder) / "batch_cost.json" if folder else None
+    return None if _DISK_DIR is None else _DISK_DIR / "batch_cost.json"
 
 
 def _load_disk(key: str) -> BatchCost | None:

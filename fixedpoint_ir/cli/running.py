@@ -39,6 +39,9 @@ def _tiled(prior, image_hw, overlap, console: _Console):
 def _make_sampler(prior, op, args, sigma_y: float, progress: bool):
     from ..sampler import Sampler
 
+    from ..cost import enable_disk_cache
+
+    enable_disk_cache()   # batch costs measured once per prior, device and size, across runs
     kwargs = {"solver": "auto"}   # the CLI default: parallel only where it is predicted faster
     if args.solver not in (None, "auto"):
         from ..solver import get_solver
