@@ -21,8 +21,11 @@ def _chain(task, noise="per_step", steps=10, n=2, dtype=torch.float64, surrogate
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 3, SIZE, SIZE, generator=g, dtype=dtype) * 2 - 1
     if op is None:
-        return sampler.chain(image_shape=(3, SIZE, SIZE), num_images=n, generator=g, dtype=dtype)
-    return sampler.chain(op.A(x), generator=g)
+        chain = sampler.chain(image_shape=(3, SIZE, SIZE), num_images=n, generator=g, dtype=dtype)
+    else:
+        chain = sampler.chain(op.A(x), generator=g)
+    chain.scan_replay = True      # the scan everywhere (by default only off the CPU)
+    return chain
 
 
 def test_every_task_operator_but_a_file_mask_is_covered():
@@ -56,7 +59,7 @@ def test_replay_scan_equals_loop(task, noise):
                                rtol=0, atol=1e-10)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(task=st.sampled_from([None, *PROJECTOR_TASKS]), noise=st.sampled_from(["per_step", "shared"]),
        steps=st.integers(1, 12), seed=st.integers(0, 2 ** 16), data=st.data())
 def test_linear_replay_equals_the_triangular_loop(task, noise, steps, seed, data):
@@ -75,6 +78,12 @@ def test_linear_replay_equals_the_triangular_loop(task, noise, steps, seed, data
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+def test_the_cpu_default_is_the_loop():
+    chain = _chain("sr4")
+    chain.scan_replay = None
+    assert chain.is_affine_in_span and not chain.can_linear_replay
+
+
 def test_power_law_surrogate_and_ddnm_plus_keep_the_loop():
     law = PowerLawGaussian([0.0] * 3, torch.eye(3), [1.0] * 3, 2.0, 0.05)
     assert not _chain("sr4", surrogate=law).can_linear_replay
@@ -86,7 +95,7 @@ def test_power_law_surrogate_and_ddnm_plus_keep_the_loop():
 
 @pytest.mark.parametrize("task", ["sr4", "deblur_gauss", "inpaint_random"])
 def test_float32_replay_is_as_close_to_float64_as_the_loop(task):
-    """The scan loses no more accuracy than the loop it replaces (T = 20, float32)."""
+    """In float32 the scan (computed in float64) is at least as accurate as the loop (T = 20)."""
     c64 = _chain(task, steps=20, n=1)
     z = torch.randn(c64.state_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     e = c64.eps(z)
@@ -95,8 +104,9 @@ def test_float32_replay_is_as_close_to_float64_as_the_loop(task):
     c32.x_T, c32.noise = c64.x_T.float(), c64.noise.float()
     c32.projector = (c32.projector[0], c64.projector[1].float())
     loop_err = (c32.replay_steps(e.float()).double() - exact).abs().max()
+    c32.scan_replay = True
     scan_err = (c32.replay(e.float()).double() - exact).abs().max()
-    assert scan_err <= 4 * loop_err + 1e-6
+    assert scan_err <= loop_err
 
 
 def test_triangular_solve_with_scan_equals_sequential():
