@@ -147,6 +147,23 @@ def run_setting(prior, name, size, steps, args) -> dict:
         row[label] = dict(seconds=seconds, peak_mib=peak, rounds=result.rounds, nfe=result.nfe,
                           status=result.status.value, split=split, round_times=result.report.round_times,
                           error=float((result.image - seq.image).abs().max()))
+    # The replay alone, row loop vs parallel scan (Chain.replay), next to one network round.
+    with torch.no_grad():
+        z = chain.surrogate_trajectory()
+        _, network_s, _ = _timed(device, lambda: chain.eps(z))
+        e = chain.eps(z)
+        chain.scan_replay = True
+        loop_s = min(_timed(device, lambda: chain.replay_steps(e))[1] for _ in range(3))
+        scan_s = min(_timed(device, lambda: chain.replay(e))[1] for _ in range(3))
+        white = Sampler(prior, op, steps=steps, surrogate=WhiteGaussian()).chain(y, generator=gen())
+        white.scan_replay = True
+        at, scale = e.clone(), torch.ones(steps, 1)
+        prefix = torch.zeros(1, dtype=torch.long)
+        lin_loop_s = min(_timed(device, lambda: Triangular()._replay_rows(white, z, e, at, scale, prefix))[1]
+                         for _ in range(3))
+        lin_scan_s = min(_timed(device, lambda: white.linear_replay(z, e, at, scale, prefix))[1] for _ in range(3))
+    row["replay"] = dict(network_round_s=network_s, loop_s=loop_s, scan_s=scan_s,
+                         linear_loop_s=lin_loop_s, linear_scan_s=lin_scan_s)
     _fresh_cost_cache()
     auto = Sampler(prior, op, "auto", steps=steps)
     result, row["auto_s"], row["auto_peak_mib"] = _timed(device, lambda: auto.restore(y, generator=gen()))
@@ -174,7 +191,7 @@ def markdown(curves, rows, meta) -> str:
                   "*pred*: the cost model (`fixedpoint_ir.cost.choose`, its expected rounds/NFEs in brackets); "
                   "*auto*: `Sampler(solver=\"auto\")` with an empty cost cache (its measurement included) and "
                   "again with the cache filled; *replay %*: share of the parallel solve spent replaying "
-                  "(prior's own surrogate = row loop / white surrogate = one parallel scan); peak = resident "
+                  "(prior's own surrogate / white surrogate; on a CPU both replay with the row loop); peak = resident "
                   "memory high-water mark of the run.", "",
                   "| prior | size | T | sequential | pred seq | parallel (rounds/NFE) | pred par | parallel, white "
                   "| replay % own / white | auto (cold / cached) | auto chose | auto / best | peak MiB seq / par |",
@@ -196,6 +213,18 @@ def markdown(curves, rows, meta) -> str:
                 f"| {cell(white)} | {share(par)} / {share(white)} | {r['auto_s']:.2f} / {r['auto_cached_s']:.2f} "
                 f"| {r['auto_mode']} | {r['auto_s'] / best:.2f} / {r['auto_cached_s'] / best:.2f} "
                 f"| {r['sequential_peak_mib']:.0f} / {par.get('peak_mib', float('nan')):.0f} |")
+        lines += ["", "Replay alone (best of 3, ms) next to one round's network call on all T rows (s): F's "
+                  "replay (e held fixed) and the triangular solver's linearised replay (white surrogate), "
+                  "each as the row loop and as the parallel scan:", "",
+                  "| prior | size | T | network round | replay loop / scan | share of round | linearised loop / scan |",
+                  "|---|---|---:|---:|---|---|---|"]
+        for r in rows:
+            p = r["replay"]
+            lines.append(f"| {r['prior']} | {r['size']} | {r['T']} | {p['network_round_s']:.2f} | "
+                         f"{1e3 * p['loop_s']:.1f} / {1e3 * p['scan_s']:.1f} | "
+                         f"{100 * p['loop_s'] / (p['network_round_s'] + p['loop_s']):.1f} % / "
+                         f"{100 * p['scan_s'] / (p['network_round_s'] + p['scan_s']):.1f} % | "
+                         f"{1e3 * p['linear_loop_s']:.1f} / {1e3 * p['linear_scan_s']:.1f} |")
         lines += ["", "Per-round split of the parallel solves (network / replay / bookkeeping, % of the solve):", ""]
         for r in rows:
             for label in ("parallel", "parallel_white"):
