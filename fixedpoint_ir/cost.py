@@ -212,15 +212,25 @@ def expected_rows(solver, steps: int) -> list[int]:
     return [width] + later
 
 
-def predict_parallel(cost: BatchCost, rows_per_round: list[int], images: int, scale: float = 1.0) -> float:
+def _call(cost: BatchCost, inputs: float, chunk: float | None) -> float:
+    """Seconds of ``Prior.eps`` on ``inputs``, split in chunks of at most ``chunk``."""
+    if chunk is None or inputs <= chunk:
+        return cost(inputs)
+    full, rest = divmod(inputs, chunk)
+    return full * cost(chunk) + (cost(rest) if rest > 0 else 0.0)
+
+
+def predict_parallel(cost: BatchCost, rows_per_round: list[int], images: int, scale: float = 1.0,
+                     chunk: float | None = None) -> float:
     """Seconds of the parallel solve: one call per round on rows × images inputs (each ``scale``
-    probe-shaped inputs), plus :data:`ROUND_OVERHEAD`."""
-    return sum(cost(r * images * scale) for r in rows_per_round) * (1 + ROUND_OVERHEAD)
+    probe-shaped inputs; split in chunks of ``chunk``), plus :data:`ROUND_OVERHEAD`."""
+    return sum(_call(cost, r * images * scale, chunk) for r in rows_per_round) * (1 + ROUND_OVERHEAD)
 
 
-def predict_sequential(cost: BatchCost, steps: int, images: int, scale: float = 1.0) -> float:
+def predict_sequential(cost: BatchCost, steps: int, images: int, scale: float = 1.0,
+                       chunk: float | None = None) -> float:
     """Seconds of the sequential chain: T calls on the N images."""
-    return steps * cost(images * scale)
+    return steps * _call(cost, images * scale, chunk)
 
 
 @dataclass(frozen=True)
@@ -246,16 +256,17 @@ def choose(prior, solver, *, steps: int, images: int, image_shape: tuple[int, in
 
     Fully convolutional priors on a large image are first measured at a 64×64 probe: batches
     only get relatively dearer as inputs grow, so if the probe already says sequential that is
-    the answer; otherwise the image's own size is measured. ``max_inputs`` caps the batches
-    measured (the memory plan's chunk). ``measure`` is injectable (tests use fake cost curves).
+    the answer; otherwise the image's own size is measured. ``max_inputs``, the memory plan's
+    chunk (network inputs per call), caps the batches measured at that size and splits the
+    predicted calls. ``measure`` is injectable (tests use fake cost curves).
     """
     measure = measure or measure_batch_cost
     probe = probe_shape(prior, image_shape)
     rows = expected_rows(solver, steps)
 
-    def run(shape, scale):
+    def run(shape, scale, limit=None):
         needed = max(rows) * images * scale
-        cap = max(1, min(32, max_inputs or 32, math.ceil(needed)))
+        cap = max(1, min(32, math.ceil(needed), limit or 32))
 
         def settled(cost: BatchCost) -> bool:   # even if larger batches cost no more: sequential
             flat = sum(cost(min(r * images * scale, cost.batches[-1])) for r in rows)
@@ -263,16 +274,18 @@ def choose(prior, solver, *, steps: int, images: int, image_shape: tuple[int, in
 
         return measure(prior, shape, dtype=dtype, device=device, largest=cap, enough=settled)
 
-    scale = inputs_per_image(prior, image_shape) * input_scale(prior, image_shape)
+    unit = input_scale(prior, image_shape)          # probe-shaped inputs per network input
+    scale = inputs_per_image(prior, image_shape) * unit
+    chunk = None if max_inputs is None else max_inputs * unit
     cost = run(probe, scale)
     where = f"{probe[1]}x{probe[2]}"
-    if tuple(probe) != tuple(image_shape) and input_scale(prior, image_shape) > 1 \
-            and predict_parallel(cost, rows, images, scale) < predict_sequential(cost, steps, images, scale):
-        scale = float(inputs_per_image(prior, image_shape))
-        cost = run(tuple(image_shape), scale)
+    if tuple(probe) != tuple(image_shape) and unit > 1 \
+            and predict_parallel(cost, rows, images, scale, chunk) < predict_sequential(cost, steps, images, scale, chunk):
+        scale, chunk = float(inputs_per_image(prior, image_shape)), max_inputs
+        cost = run(tuple(image_shape), scale, max_inputs)
         where = f"{image_shape[1]}x{image_shape[2]}"
-    parallel = predict_parallel(cost, rows, images, scale)
-    sequential = predict_sequential(cost, steps, images, scale)
+    parallel = predict_parallel(cost, rows, images, scale, chunk)
+    sequential = predict_sequential(cost, steps, images, scale, chunk)
     batch = cost(rows[0] * images * scale) / cost(images * scale)
     why = (f"a batch of {rows[0]} states costs {batch:.1f}x one, {len(rows)} rounds and "
            f"{sum(rows)} evaluations expected vs {steps}")

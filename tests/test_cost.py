@@ -43,6 +43,9 @@ def test_predictions_are_sums_of_the_curve():
     assert predict_sequential(c, 20, 1) == pytest.approx(20.0)
     assert predict_parallel(c, [20, 10], 1) == pytest.approx(30.0 * (1 + cost_module.ROUND_OVERHEAD))
     assert predict_parallel(c, [2], 3, scale=2.0) == pytest.approx(12.0 * (1 + cost_module.ROUND_OVERHEAD))
+    flat = BatchCost((1, 2, 4), (1.0, 1.0, 1.0), 0.0, (3, 8, 8))     # chunks of 4: 3 + 1 calls
+    assert predict_parallel(flat, [13], 1, chunk=4) == pytest.approx(4 * (1 + cost_module.ROUND_OVERHEAD))
+    assert predict_sequential(flat, 5, 8, chunk=4) == pytest.approx(10.0)
 
 
 @pytest.mark.parametrize("per_state, expected", [(1.0, "sequential"), (0.001, "parallel")])
