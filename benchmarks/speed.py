@@ -148,6 +148,8 @@ def run_setting(prior, name, size, steps, args) -> dict:
                           status=result.status.value, split=split, round_times=result.report.round_times,
                           error=float((result.image - seq.image).abs().max()))
     # The replay alone, row loop vs parallel scan (Chain.replay), next to one network round.
+    if size not in args.replay_sizes:
+        return _auto_rows(prior, op, y, gen, steps, row, args)
     with torch.no_grad():
         z = chain.surrogate_trajectory()
         _, network_s, _ = _timed(device, lambda: chain.eps(z))
@@ -164,12 +166,17 @@ def run_setting(prior, name, size, steps, args) -> dict:
         lin_scan_s = min(_timed(device, lambda: white.linear_replay(z, e, at, scale, prefix))[1] for _ in range(3))
     row["replay"] = dict(network_round_s=network_s, loop_s=loop_s, scan_s=scan_s,
                          linear_loop_s=lin_loop_s, linear_scan_s=lin_scan_s)
+    return _auto_rows(prior, op, y, gen, steps, row, args)
+
+
+def _auto_rows(prior, op, y, gen, steps, row, args) -> dict:
+    device = args.device
     _fresh_cost_cache()
     auto = Sampler(prior, op, "auto", steps=steps)
     result, row["auto_s"], row["auto_peak_mib"] = _timed(device, lambda: auto.restore(y, generator=gen()))
     row["auto_choice"] = result.choice.describe()
     row["auto_mode"] = result.choice.mode
-    _, row["auto_cached_s"], _ = _timed(device, lambda: auto.restore(y, generator=gen()))
+    row["auto_cached_s"] = _timed(device, lambda: auto.restore(y, generator=gen()))[1] if args.auto_cached else None
     return row
 
 
@@ -210,8 +217,9 @@ def markdown(curves, rows, meta) -> str:
             lines.append(
                 f"| {r['prior']} | {r['size']} | {r['T']} | {r['sequential_s']:.2f} | {r['pred_sequential_s']:.2f} "
                 f"| {cell(par)} | {r['pred_parallel_s']:.2f} ({r['expected_rounds']}/{r['expected_nfe']}) "
-                f"| {cell(white)} | {share(par)} / {share(white)} | {r['auto_s']:.2f} / {r['auto_cached_s']:.2f} "
-                f"| {r['auto_mode']} | {r['auto_s'] / best:.2f} / {r['auto_cached_s'] / best:.2f} "
+                f"| {cell(white)} | {share(par)} / {share(white)} | {r['auto_s']:.2f} / {_fmt_s(r['auto_cached_s'])} "
+                f"| {r['auto_mode']} | {r['auto_s'] / best:.2f} / "
+                f"{'—' if r['auto_cached_s'] is None else format(r['auto_cached_s'] / best, '.2f')} "
                 f"| {r['sequential_peak_mib']:.0f} / {par.get('peak_mib', float('nan')):.0f} |")
         lines += ["", "Replay alone (best of 3, ms) next to one round's network call on all T rows (s): F's "
                   "replay (e held fixed) and the triangular solver's linearised replay (white surrogate), "
@@ -219,6 +227,8 @@ def markdown(curves, rows, meta) -> str:
                   "| prior | size | T | network round | replay loop / scan | share of round | linearised loop / scan |",
                   "|---|---|---:|---:|---|---|---|"]
         for r in rows:
+            if "replay" not in r:
+                continue
             p = r["replay"]
             lines.append(f"| {r['prior']} | {r['size']} | {r['T']} | {p['network_round_s']:.2f} | "
                          f"{1e3 * p['loop_s']:.1f} / {1e3 * p['scan_s']:.1f} | "
@@ -247,6 +257,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--max-parallel-s", type=float, default=120.0)
     ap.add_argument("--white-sizes", default="64", help="sizes that also run the white-surrogate solver")
+    ap.add_argument("--replay-sizes", default="64", help="sizes whose replay is timed alone (costs a round)")
+    ap.add_argument("--no-auto-cached", dest="auto_cached", action="store_false",
+                    help="skip the second auto run (with the cost cache filled)")
     ap.add_argument("--adm", action="store_true", help="also the ADM-256 configuration (random weights)")
     ap.add_argument("--adm-batches", default="1,2,4")
     ap.add_argument("--adm-chains", action="store_true", help="also run ADM-256 chains (very slow on a CPU)")
@@ -254,6 +267,7 @@ def main(argv=None) -> int:
                     help="output path without suffix (.md and .json are written)")
     args = ap.parse_args(argv)
     args.white_sizes = {int(s) for s in args.white_sizes.split(",") if s}
+    args.replay_sizes = {int(s) for s in args.replay_sizes.split(",") if s}
     torch.set_num_threads(args.threads)
     if torch.device(args.device).type == "cuda":   # batched and single calls must round alike
         torch.backends.cudnn.allow_tf32 = False

@@ -25,10 +25,11 @@ from .memory import input_scale, inputs_per_image, measure_input_bytes, probe_sh
 __all__ = ["BatchCost", "Choice", "enable_disk_cache", "measure_batch_cost", "expected_rows", "predict_parallel",
            "predict_sequential", "choose", "TRIANGULAR_WORK"]
 
-#: Default triangular solver (secant, surrogate init): (T, rounds / T, network evaluations / T),
-#: medians over the learned-prior problems of ``benchmarks/convergence.py`` (T = 20: 9 problems,
-#: 64×64, CPU) and ``benchmarks/speed.py`` (T = 50, 100: sr4, 64×64, CPU). Interpolated in T.
-TRIANGULAR_WORK = ((20, 14 / 20, 171 / 20),)
+#: Default triangular solver (secant, surrogate init): (T, rounds / T, network evaluations / T).
+#: T = 20: medians over the 9 learned-prior problems of ``benchmarks/convergence.py`` (64×64,
+#: CPU); T = 50: the sr4 run of ``benchmarks/speed.py`` (64×64, CPU; one problem). Interpolated
+#: in T, the last entry's fractions beyond it (T = 100 has not been measured).
+TRIANGULAR_WORK = ((20, 14 / 20, 171 / 20), (50, 22 / 50, 671 / 50))
 
 #: Replay and bookkeeping of a parallel round, as a share of its network time (measured 1-6.5 %
 #: with the row-loop replay in ``benchmarks/results/convergence_learned.md``).
