@@ -247,6 +247,21 @@ def markdown(curves, rows, meta) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write(args, curves, rows, command, machine) -> str:
+    """Write the .json and .md (after every measurement, so an interrupted run keeps its rows)."""
+    meta = dict(command=command, machine=machine)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, curves=curves, rows=rows), indent=1, default=str))
+    text = markdown(curves, rows, meta)
+    for c in curves:
+        for p in c.get("predictions", []):
+            text += (f"\n{c['prior']}, T={p['T']}: predicted parallel {p['pred_parallel_s']:.0f} s, sequential "
+                     f"{p['pred_sequential_s']:.0f} s (chains not run).")
+    out.with_suffix(".md").write_text(text + "\n")
+    return text
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -287,6 +302,7 @@ def main(argv=None) -> int:
             print(curves[-1], flush=True)
             for t in steps:
                 rows.append(run_setting(prior, "shipped", size, t, args))
+                _write(args, curves, rows, command, machine)
                 print({k: v for k, v in rows[-1].items() if k not in ("parallel", "parallel_white")}, flush=True)
     if args.adm:
         prior = _adm_prior(args.device)
@@ -302,16 +318,7 @@ def main(argv=None) -> int:
             print(pred, flush=True)
             if args.adm_chains:
                 rows.append(run_setting(prior, "ADM-256 (random)", 256, t, args))
-    meta = dict(command=command, machine=machine)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, curves=curves, rows=rows), indent=1, default=str))
-    text = markdown(curves, rows, meta)
-    for c in curves:
-        for p in c.get("predictions", []):
-            text += (f"\n{c['prior']}, T={p['T']}: predicted parallel {p['pred_parallel_s']:.0f} s, sequential "
-                     f"{p['pred_sequential_s']:.0f} s (chains not run).")
-    out.with_suffix(".md").write_text(text + "\n")
+    text = _write(args, curves, rows, command, machine)
     print(text)
     return 0
 
