@@ -159,8 +159,8 @@ def run_setting(prior, name, size, steps, args) -> dict:
         scan_s = min(_timed(device, lambda: chain.replay(e))[1] for _ in range(3))
         white = Sampler(prior, op, steps=steps, surrogate=WhiteGaussian()).chain(y, generator=gen())
         white.scan_replay = True
-        at, scale = e.clone(), torch.ones(steps, 1)
-        prefix = torch.zeros(1, dtype=torch.long)
+        at, scale = e.clone(), torch.ones(steps, 1, device=e.device)
+        prefix = torch.zeros(1, dtype=torch.long, device=e.device)
         lin_loop_s = min(_timed(device, lambda: Triangular()._replay_rows(white, z, e, at, scale, prefix))[1]
                          for _ in range(3))
         lin_scan_s = min(_timed(device, lambda: white.linear_replay(z, e, at, scale, prefix))[1] for _ in range(3))

@@ -471,7 +471,9 @@ class _ClosedFormMap:
         self.num_rows = chain.num_rows
 
     def __call__(self, z: Tensor) -> Tensor:
-        return self.chain.closed_form(self.chain.eps(z))
+        e = self.chain.eps(z)
+        with self.chain.timed("replay"):
+            return self.chain.closed_form(e)
 
     def rows(self, z: Tensor, start: int, stop: int) -> Tensor:
         return self.chain.rows(z, start, stop)
