@@ -95,7 +95,8 @@ def test_power_law_surrogate_and_ddnm_plus_keep_the_loop():
 
 @pytest.mark.parametrize("task", ["sr4", "deblur_gauss", "inpaint_random"])
 def test_float32_replay_is_as_close_to_float64_as_the_loop(task):
-    """In float32 the scan (computed in float64) is at least as accurate as the loop (T = 20)."""
+    """In float32 the scan and the closed form (both computed in float64) are at least as accurate
+    as the loop (T = 20)."""
     c64 = _chain(task, steps=20, n=1)
     z = torch.randn(c64.state_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     e = c64.eps(z)
@@ -106,7 +107,8 @@ def test_float32_replay_is_as_close_to_float64_as_the_loop(task):
     loop_err = (c32.replay_steps(e.float()).double() - exact).abs().max()
     c32.scan_replay = True
     scan_err = (c32.replay(e.float()).double() - exact).abs().max()
-    assert scan_err <= loop_err
+    closed_err = (c32.closed_form(e.float()).double() - exact).abs().max()
+    assert scan_err <= loop_err and closed_err <= loop_err
 
 
 def test_triangular_solve_with_scan_equals_sequential():
