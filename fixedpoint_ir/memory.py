@@ -131,6 +131,8 @@ def measure_input_bytes(prior, shape: tuple[int, int, int], *, dtype=torch.float
     """Peak live-tensor bytes of one network call on one input of ``shape`` (cached per prior,
     shape, dtype, device). Priors without parameters (the analytic ones) are elementwise: a few
     copies of the input, no probe call."""
+    while getattr(prior, "world_size", None) is not None and hasattr(prior, "prior"):
+        prior = prior.prior   # a DistributedPrior: probe the local network, not a collective call
     params = list(prior.parameters())
     nbytes = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
     if not params:

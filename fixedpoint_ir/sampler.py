@@ -331,6 +331,9 @@ class Sampler:
         from .cost import choose
 
         plan = self._memory_plan(chain, self.solver.name)
+        ranks = getattr(self.prior, "world_size", 1)
+        if ranks > 1:   # timings differ between ranks, and every rank must take the same path
+            return Choice("parallel", math.nan, math.nan, f"distributed over {ranks} ranks (not timed)")
         return choose(self.prior, self.solver, steps=chain.num_rows, images=chain.x_T.shape[0],
                       image_shape=tuple(chain.x_T.shape[1:]), dtype=chain.x_T.dtype,
                       device=chain.x_T.device, max_inputs=None if plan is None else plan.max_batch)
