@@ -24,6 +24,7 @@ T rounds, like Picard, whatever the options.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Protocol
 
@@ -231,6 +232,13 @@ class Triangular(FixedPointSolver):
 
     def _replay(self, f, z, e_cache, at, scale, prefix):
         """F with linearised e, replayed from the accepted prefix. Returns F and its inputs."""
+        if getattr(f, "can_linear_replay", False):   # one parallel scan, no row loop (chain.py)
+            return f.linear_replay(z, e_cache, at, scale, prefix)
+        with f.timed("replay") if hasattr(f, "timed") else contextlib.nullcontext():
+            return self._replay_rows(f, z, e_cache, at, scale, prefix)
+
+    def _replay_rows(self, f, z, e_cache, at, scale, prefix):
+        """The replay as a loop over rows (any surrogate, any update rule)."""
         rows, n = z.shape[0], z.shape[1]
         spatial = (1,) * (z.dim() - 2)
         start = int(prefix.min())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -11,6 +12,8 @@ import torch
 from torch import Tensor
 
 from .chain import Chain, draw_noise
+from .cost import Choice
+from .memory import MemoryPlan, MemoryPlanError
 from .priors.base import Prior
 from .schedule import StepCoefficients, uniform_timesteps
 from .solver import FixedPointSolver, RoundInfo, SolverDivergedError, SolverReport, Status, get_solver
@@ -37,14 +40,19 @@ class Result:
     status: Status
     residuals: list[float] = field(default_factory=list)
     report: SolverReport | None = None
+    choice: Choice | None = None          # what solver="auto" ran and why
+    memory: MemoryPlan | None = None      # the chunk size and predicted peak
 
     @property
     def converged(self) -> bool:
         return self.status is Status.CONVERGED
 
     def summary(self) -> str:
-        return (f"{self.status.value}: {self.rounds} rounds, {self.nfe} network evaluations per image, "
+        text = (f"{self.status.value}: {self.rounds} rounds, {self.nfe} network evaluations per image, "
                 f"{self.seconds:.2f} s")
+        if self.choice is not None:
+            text += f"; {self.choice.describe()}"
+        return text
 
 
 def _check_finite(x: Tensor, name: str) -> None:
@@ -85,7 +93,13 @@ class Sampler:
         operator: the degradation (``None``: unconditional DDIM).
         solver: a :class:`~fixedpoint_ir.solver.FixedPointSolver` or a registered name
             (``"triangular"`` — the default, see ``backends/triangular.py`` —, ``"picard"``,
-            ``"anderson"``, ``"broyden"``, ``"torchdeq"``).
+            ``"anderson"``, ``"broyden"``, ``"torchdeq"``), or ``"auto"``: measure what a batch
+            of states costs against one (:mod:`fixedpoint_ir.cost`, cached) and run the
+            triangular solver or the sequential chain, whichever is predicted faster
+            (``Result.choice`` says which and why).
+        plan_memory: before running, estimate the peak memory and lower the prior's
+            ``max_batch`` (for that run) so it fits :data:`~fixedpoint_ir.memory.MEMORY_FRACTION`
+            of the device's free memory, or raise :class:`~fixedpoint_ir.memory.MemoryPlanError`.
         steps: T, the number of DDIM steps (uniform subsequence of the prior's schedule).
         etw: η of the paper (weight of ε in the step: c2 = √(1−b)·√(1−etw²)).
         nw: weight of fresh noise ξ_j (c1 = √(1−b)·nw); 0 in the reference code.
@@ -109,7 +123,8 @@ class Sampler:
     def __init__(self, prior: Prior, operator=None, solver: str | FixedPointSolver = "triangular", *,
                  steps: int = 20, etw: float = 0.1, nw: float = 0.0, noise: str = "per_step",
                  init: str = "surrogate", closed_form: bool = False, progress: bool = False,
-                 sigma_y: float = 0.0, surrogate: GaussianSurrogate | tuple[float, float] | None = None):
+                 sigma_y: float = 0.0, surrogate: GaussianSurrogate | tuple[float, float] | None = None,
+                 plan_memory: bool = True):
         if not isinstance(prior, Prior):
             raise TypeError(f"prior must be a fixedpoint_ir Prior, got {type(prior).__name__}; "
                             "wrap an nn.Module with ModulePrior")
@@ -119,7 +134,9 @@ class Sampler:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.prior = prior
         self.operator = operator
-        self.solver = get_solver(solver)
+        self.auto = isinstance(solver, str) and solver == "auto"
+        self.solver = get_solver("triangular" if self.auto else solver)
+        self.plan_memory = bool(plan_memory)
         self.timesteps = uniform_timesteps(steps, prior.num_train_steps)
         self.coefficients = StepCoefficients.build(prior.alphas_cumprod, self.timesteps, etw, nw)
         self.steps, self.etw, self.nw, self.noise = steps, etw, nw, noise
@@ -206,6 +223,11 @@ class Sampler:
             if x_T.dim() != 4 or tuple(x_T.shape) != (n, *shape):
                 raise ValueError(f"x_T must have shape {(n, *shape)}, got {tuple(x_T.shape)}")
         steps = coefficients.num_steps
+        if self.plan_memory:   # refuse what cannot fit even sequentially before allocating T states
+            from .memory import plan_for
+
+            plan_for(self.prior, rows=steps, images=n, image_shape=shape, dtype=dtype, device=device,
+                     mode="sequential")
         if noise is None:
             noise = draw_noise(steps, tuple(x_T.shape), self.noise, generator=generator,
                                dtype=dtype, device=device)
@@ -270,7 +292,7 @@ class Sampler:
         """
         chain = self.chain(y, x_T=x_T, generator=generator, noise=noise, x_init=x_init,
                            start_step=start_step)
-        return self._solve(chain, y, init, callback)
+        return self._auto_or_solve(chain, y, init, callback)
 
     def sample(self, image_shape: tuple[int, int, int] | None = None, num_images: int = 1, *,
                x_T: Tensor | None = None, generator: torch.Generator | None = None,
@@ -282,7 +304,7 @@ class Sampler:
             raise ValueError("sample() is for samplers without operator; use restore(y)")
         chain = self.chain(x_T=x_T, image_shape=image_shape, num_images=num_images,
                            generator=generator, noise=noise, dtype=dtype, device=device)
-        return self._solve(chain, None, init, callback)
+        return self._auto_or_solve(chain, None, init, callback)
 
     def sequential(self, y: Tensor | None = None, *, x_T: Tensor | None = None,
                    image_shape: tuple[int, int, int] | None = None, num_images: int = 1,
@@ -293,8 +315,46 @@ class Sampler:
         chain = self.chain(y, x_T=x_T, image_shape=image_shape, num_images=num_images,
                            generator=generator, noise=noise, dtype=dtype, device=device,
                            x_init=x_init, start_step=start_step)
+        return self._run_sequential(chain)
+
+    # --- solver="auto" and the memory plan (issue 12) -------------------------------------------
+    def _memory_plan(self, chain: Chain, mode: str) -> MemoryPlan | None:
+        if not self.plan_memory:
+            return None
+        from .memory import plan_for
+
+        return plan_for(self.prior, rows=chain.num_rows, images=chain.x_T.shape[0],
+                        image_shape=tuple(chain.x_T.shape[1:]), dtype=chain.x_T.dtype,
+                        device=chain.x_T.device, mode=mode)
+
+    def choose(self, chain: Chain) -> Choice:
+        """Parallel (the triangular solver) or sequential for this chain: see :mod:`fixedpoint_ir.cost`."""
+        from .cost import choose
+
+        plan = self._memory_plan(chain, self.solver.name)
+        ranks = getattr(self.prior, "world_size", 1)
+        if ranks > 1:   # timings differ between ranks, and every rank must take the same path
+            return Choice("parallel", math.nan, math.nan, f"distributed over {ranks} ranks (not timed)")
+        return choose(self.prior, self.solver, steps=chain.num_rows, images=chain.x_T.shape[0],
+                      image_shape=tuple(chain.x_T.shape[1:]), dtype=chain.x_T.dtype,
+                      device=chain.x_T.device, max_inputs=None if plan is None else plan.max_batch)
+
+    def _auto_or_solve(self, chain: Chain, y, init, callback) -> Result:
+        if not self.auto:
+            return self._solve(chain, y, init, callback)
+        try:
+            choice = self.choose(chain)
+        except MemoryPlanError:   # the parallel states do not fit: sequential keeps fewest
+            choice = Choice("sequential", math.inf, math.nan, "the parallel states do not fit in memory")
+        result = self._run_sequential(chain) if choice.mode == "sequential" else \
+            self._solve(chain, y, init, callback)
+        result.choice = choice
+        return result
+
+    def _run_sequential(self, chain: Chain) -> Result:
+        plan = self._memory_plan(chain, "sequential")
         start = time.perf_counter()
-        with torch.no_grad():
+        with _max_batch(self.prior, plan), torch.no_grad():
             states = chain.sequential()
         seconds = time.perf_counter() - start
         if not torch.isfinite(states).all():   # the parallel path raises on this too (never a grey image)
@@ -304,7 +364,8 @@ class Sampler:
                 f"the sequential chain produced NaN/Inf from step {bad[0]} of {chain.num_rows} on "
                 "(the prior returned non-finite values): no image is returned. Check the prior on "
                 "inputs of this size and dtype (float16/bfloat16 can overflow; try float32).", report)
-        return Result(states[-1], states, chain.num_rows, chain.nfe, seconds, Status.CONVERGED)
+        return Result(states[-1], states, chain.num_rows, chain.nfe, seconds, Status.CONVERGED,
+                      memory=plan)
 
     def fixed_point_map(self, chain: Chain) -> Callable[[Tensor], Tensor]:
         """F as a callable on z (closed form or replay), exposing ``rows`` for structured solvers."""
@@ -336,15 +397,18 @@ class Sampler:
             if callback is not None:
                 callback(info)
 
+        plan = self._memory_plan(chain, self.solver.name)
+        split = _RoundTimes(chain)
         start = time.perf_counter()
         try:
-            with torch.no_grad():
-                report = self.solver.solve(f, z0, on_round)
+            with _max_batch(self.prior, plan), torch.no_grad():
+                report = self.solver.solve(f, z0, split.wrap(on_round))
         finally:
             if bar is not None:
                 bar.total = bar.n  # a solver that stops early ends the bar at 100 %
                 bar.close()
         seconds = time.perf_counter() - start
+        report.round_times = split.rounds
         if report.status is Status.DIVERGED:
             raise SolverDivergedError(
                 f"{type(self.solver).__name__} diverged after {report.rounds} rounds "
@@ -357,7 +421,41 @@ class Sampler:
                           RuntimeWarning, stacklevel=3)
         states = report.solution
         return Result(states[-1], states, report.rounds, chain.nfe, seconds, report.status,
-                      list(report.residuals), report)
+                      list(report.residuals), report, memory=plan)
+
+
+@contextmanager
+def _max_batch(prior: Prior, plan: MemoryPlan | None):
+    """The prior's max_batch lowered to the memory plan's for one run."""
+    if plan is None or plan.max_batch == prior.max_batch:
+        yield
+        return
+    saved = prior.max_batch
+    prior.max_batch = plan.max_batch
+    try:
+        yield
+    finally:
+        prior.max_batch = saved
+
+
+class _RoundTimes:
+    """Per-round wall-clock split into network / replay / bookkeeping, from the chain's timers."""
+
+    def __init__(self, chain: Chain):
+        self.chain, self.rounds = chain, []
+        self._last = (time.perf_counter(), dict(getattr(chain, "timings", {})))
+
+    def wrap(self, callback):
+        def on_round(info: RoundInfo) -> None:
+            now, timings = time.perf_counter(), dict(getattr(self.chain, "timings", {}))
+            then, before = self._last
+            part = {k: timings.get(k, 0.0) - before.get(k, 0.0) for k in ("network", "replay")}
+            part["total"] = now - then
+            part["bookkeeping"] = max(0.0, part["total"] - part["network"] - part["replay"])
+            self.rounds.append(part)
+            callback(info)
+            self._last = (time.perf_counter(), dict(getattr(self.chain, "timings", {})))
+        return on_round
 
 
 def _divergence_hint(solver: FixedPointSolver, report: SolverReport) -> str:
@@ -427,7 +525,9 @@ class _ClosedFormMap:
         self.num_rows = chain.num_rows
 
     def __call__(self, z: Tensor) -> Tensor:
-        return self.chain.closed_form(self.chain.eps(z))
+        e = self.chain.eps(z)
+        with self.chain.timed("replay"):
+            return self.chain.closed_form(e)
 
     def rows(self, z: Tensor, start: int, stop: int) -> Tensor:
         return self.chain.rows(z, start, stop)

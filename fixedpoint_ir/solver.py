@@ -53,7 +53,9 @@ class SolverReport:
 
     solution: the returned iterate; rounds: calls of F (parallel depth); residuals: the relative
     residual ‖F(z) − z‖ / (1e-5 + ‖F(z)‖) after each round; status: converged / max_rounds /
-    diverged; info: solver-specific extras (e.g. safeguard fallbacks, rows evaluated).
+    diverged; info: solver-specific extras (e.g. safeguard fallbacks, rows evaluated);
+    round_times: per round, seconds of ``network`` calls, ``replay``, ``bookkeeping`` (the rest)
+    and ``total`` (filled by the sampler from the chain's timers).
     """
 
     solution: Tensor
@@ -61,10 +63,16 @@ class SolverReport:
     residuals: list[float]
     status: Status
     info: dict[str, Any] = field(default_factory=dict)
+    round_times: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def converged(self) -> bool:
         return self.status is Status.CONVERGED
+
+    def time_split(self) -> dict[str, float]:
+        """Seconds summed over the rounds: network, replay, bookkeeping, total."""
+        keys = ("network", "replay", "bookkeeping", "total")
+        return {k: sum(r.get(k, 0.0) for r in self.round_times) for k in keys}
 
 
 def relative_residual(fz: Tensor, z: Tensor) -> float:

@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +11,10 @@ settings.register_profile("ci", max_examples=25, deadline=None,
 settings.register_profile("dev", max_examples=10, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# solver='auto' keeps its batch-cost measurements on disk (the CLI turns that on): the tests, and the
+# commands they start, use a folder of their own instead of the user's ~/.cache.
+os.environ.setdefault("FIXEDPOINT_IR_CACHE_DIR", tempfile.mkdtemp(prefix="fixedpoint-ir-cache-"))
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,8 @@ def cmd_tasks(args, console: _Console) -> int:
 
     print(describe_tasks())
     print()
-    print(f"solvers: {', '.join(available_solvers())} (default: the Sampler's, "
-          f"{_sampler_defaults().get('solver')!s})")
+    print(f"solvers: {', '.join(available_solvers())}, or auto (the command line's default: "
+          f"{_sampler_defaults().get('solver')!s} or the sequential chain, whichever is predicted faster)")
     return 0
 
 
@@ -49,11 +49,11 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", metavar="PATH",
                    help="ADM / DDPM / diffusers checkpoint (default: the shipped prior)")
     g.add_argument("--solver", metavar="NAME",
-                   help=f"fixed-point solver (default: the Sampler's, {d.get('solver')}); "
-                        "`fixedpoint-ir tasks` lists them")
+                   help=f"fixed-point solver, or auto (default): measure what a batch of states costs "
+                        f"against one and run the {d.get('solver')} solver or the sequential chain, "
+                        "whichever is predicted faster; `fixedpoint-ir tasks` lists them")
     g.add_argument("--sequential", action="store_true",
-                   help="run the plain sequential chain instead (T network calls in a row: the "
-                        "same answer, often faster on a CPU)")
+                   help="run the plain sequential chain (T network calls in a row: the same answer)")
     g.add_argument("--steps", type=_pos_int, metavar="T", help=f"sampling steps (default {d.get('steps')})")
     g.add_argument("--etw", type=float, metavar="ETA",
                    help="the paper's eta: how much of the network's predicted noise each step keeps, "
@@ -71,6 +71,9 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--surrogate", metavar="white|PATH",
                    help="Gaussian data model the triangular solver linearises around: 'white', or a "
                         "PowerLawGaussian JSON (default: the prior's own; white for checkpoints)")
+    g.add_argument("--verbose", action="store_true",
+                   help="also print why auto chose, the memory plan and each round's time split "
+                        "(network / replay / bookkeeping)")
     g.add_argument("--tile-overlap", type=_pos_int, metavar="PX", help=argparse.SUPPRESS)
 
 

@@ -24,7 +24,7 @@ def cmd_demo(args, console: _Console) -> int:
         raise CLIError(f"unknown demo photo {args.photo!r}; choose one of {', '.join(HOLDOUT)}")
     if args.size < 16:
         raise CLIError(f"--size must be at least 16, got {args.size}")
-    if args.solver is not None:
+    if args.solver not in (None, "auto"):
         from ..solver import get_solver
 
         get_solver(args.solver)
@@ -49,7 +49,7 @@ def cmd_demo(args, console: _Console) -> int:
         console.warn(f"demo: {warning}")
     prior = _tiled(prior, shape[1:], args.tile_overlap, console)
     sampler = _make_sampler(prior, op, args, sigma_y, progress=not args.quiet and not args.sequential)
-    result = _run(sampler, y.to(device), args.seed, device, args.sequential, console)
+    result = _run(sampler, y.to(device), args.seed, device, args.sequential, console, verbose=args.verbose)
     restored = result.image.detach().cpu()
     clipped = _clipping_warning(restored)
     if clipped:

@@ -56,7 +56,7 @@ def cmd_restore(args, console: _Console) -> int:
             raise FileNotFoundError(f"image file not found: {p}")
     _check_outputs(outputs + [c for c in compares if c is not None], inputs
                    + [g for g in gts if g is not None], args.overwrite)
-    if args.solver is not None:
+    if args.solver not in (None, "auto"):
         from ..solver import get_solver
 
         get_solver(args.solver)  # fail before loading anything
@@ -92,7 +92,8 @@ def cmd_restore(args, console: _Console) -> int:
         if getattr(args, "optimize_noise", False):
             image = _optimize_noise(sampler, y, args, problem, device, console)
         else:
-            result = _run(sampler, y, args.seed, device, args.sequential, console)
+            result = _run(sampler, y, args.seed, device, args.sequential, console,
+                      verbose=args.verbose)
             image = result.image.detach().cpu()
         problem.operator.to("cpu")  # the sampler moved it to the device
         clipped = _clipping_warning(image)

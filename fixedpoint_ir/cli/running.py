@@ -39,8 +39,11 @@ def _tiled(prior, image_hw, overlap, console: _Console):
 def _make_sampler(prior, op, args, sigma_y: float, progress: bool):
     from ..sampler import Sampler
 
-    kwargs = {}
-    if args.solver is not None:
+    from ..cost import enable_disk_cache
+
+    enable_disk_cache()   # batch costs measured once per prior, device and size, across runs
+    kwargs = {"solver": "auto"}   # the CLI default: parallel only where it is predicted faster
+    if args.solver not in (None, "auto"):
         from ..solver import get_solver
 
         kwargs["solver"] = get_solver(args.solver)  # ValueError lists the known solvers
@@ -62,7 +65,8 @@ def _make_sampler(prior, op, args, sigma_y: float, progress: bool):
     return Sampler(prior, op, progress=progress, sigma_y=sigma_y, **kwargs)
 
 
-def _run(sampler, y, seed: int, device: torch.device, sequential: bool, console: _Console):
+def _run(sampler, y, seed: int, device: torch.device, sequential: bool, console: _Console,
+         verbose: bool = False):
     generator = torch.Generator(device=device).manual_seed(seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -73,7 +77,32 @@ def _run(sampler, y, seed: int, device: torch.device, sequential: bool, console:
     for w in caught:
         if issubclass(w.category, (RuntimeWarning, UserWarning)):
             console.warn(str(w.message))
+    if verbose:
+        for line in _verbose_lines(result):
+            console.info(line)
     return result
+
+
+def _verbose_lines(result) -> list[str]:
+    """--verbose: the auto choice, the memory plan and the per-round time split."""
+    lines = []
+    if result.choice is not None:
+        lines.append(f"solver: {result.choice.describe()}; batch costs measured at "
+                     f"{result.choice.measured_at}")
+    if result.memory is not None:
+        lines.append(f"memory: max_batch {result.memory.max_batch}, {result.memory.describe()}")
+    report = result.report
+    if report is not None and report.round_times:
+        rows = report.info.get("rows_evaluated", [])
+        for k, part in enumerate(report.round_times):
+            evaluated = f", {rows[k]} states" if k < len(rows) else ""
+            lines.append(f"round {k + 1}: network {part['network']:.3f} s, replay {part['replay']:.3f} s, "
+                         f"bookkeeping {part['bookkeeping']:.3f} s{evaluated}")
+        total = report.time_split()
+        share = lambda v: 100 * v / max(total["total"], 1e-12)  # noqa: E731
+        lines.append(f"all rounds: network {share(total['network']):.1f} %, replay {share(total['replay']):.1f} %, "
+                     f"bookkeeping {share(total['bookkeeping']):.1f} % of {total['total']:.2f} s")
+    return lines
 
 
 def _optimize_noise(sampler, y, args, problem, device, console: _Console) -> torch.Tensor:
@@ -103,6 +132,8 @@ def _optimize_noise(sampler, y, args, problem, device, console: _Console) -> tor
 
 def _summary(label: str, result, sampler, sequential: bool) -> str:
     how = "sequential" if sequential else type(sampler.solver).__name__.lower()
+    if getattr(result, "choice", None) is not None:
+        how = result.choice.describe()
     return (f"{label}: {result.status.value}, {result.rounds} rounds, {result.nfe} NFEs, "
             f"{result.seconds:.1f} s wall-clock ({how}, T={sampler.steps})")
 
