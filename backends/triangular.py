@@ -54,6 +54,7 @@ class TriangularRecurrence(Protocol):
 LINEARIZE = ("secant", "surrogate", "none")
 ROW_TOLS = ("uniform", "noise")
 STOPS = ("estimate", "safety")
+DEFAULT_WINDOW = 24
 PREFIX_SHARE = 0.2   # part of the remaining error budget a row accepted before the image may use
 
 
@@ -68,7 +69,10 @@ class Triangular(FixedPointSolver):
         linearize: ``"secant"`` (the surrogate's Jacobian, scaled per row by secants),
             ``"surrogate"`` (the surrogate's Jacobian as is) or ``"none"`` (DeqIR's replay with e
             held fixed).
-        window: most rows evaluated per image per round (``None``: all rows).
+        window: most rows evaluated per image per round (``None``: all rows). The default, 24,
+            changes nothing at T ≤ 24 and bounds the evaluations of long chains: on the
+            learned prior at T = 50 it cost 1 round more and 31 % fewer evaluations than all
+            rows (a window of 16: 3 rounds more, 45 % fewer), see the README.
         freeze: accept converged rows before the Picard guarantee does (``False``: rows are only
             accepted once their input is exact).
         reuse: skip re-evaluating a row whose input moved by at most ``reuse`` × its tolerance
@@ -96,7 +100,7 @@ class Triangular(FixedPointSolver):
     name = "triangular"
 
     def __init__(self, tol: float = 1e-3, max_rounds: int | None = None, *,
-                 linearize: str = "secant", window: int | None = None, freeze: bool = True,
+                 linearize: str = "secant", window: int | None = DEFAULT_WINDOW, freeze: bool = True,
                  reuse: float = 1.0, row_tol: str = "uniform", slope_bounds: tuple[float, float] = (0.0, 4.0),
                  stop: str = "estimate", safety: float | None = None, max_rate: float = 0.9,
                  safeguard: float | None = 100.0, divergence_factor: float = 1e4):
