@@ -56,6 +56,7 @@ ROW_TOLS = ("uniform", "noise")
 STOPS = ("estimate", "safety")
 DEFAULT_WINDOW = 24
 PREFIX_SHARE = 0.2   # part of the remaining error budget a row accepted before the image may use
+INPUT_GAP = 4.0      # most input movement since the last evaluation (× tol) for acceptance
 
 
 @register_solver("triangular")
@@ -234,10 +235,12 @@ class Triangular(FixedPointSolver):
                 share, history = self._error_share(fz - z, history, row_tols)
                 # The estimate covers the linear model's error at the row's current input (it is
                 # part of the contraction it measures); the input must still be near the
-                # evaluation point for that model to hold.
+                # evaluation point for that model to hold (within INPUT_GAP·tol: at 1·tol the
+                # last rows waited a round for an evaluation they did not need, on 2 of 9
+                # learned-prior problems).
                 # A block that completes the chain may use the whole remaining budget; rows accepted
                 # on the way only a small part of it (their error would travel to the image).
-                ok = evaluated & (input_gap <= row_tols)
+                ok = evaluated & (input_gap <= INPUT_GAP * row_tols)
                 left = self.safety - budget_used
                 full = ok & (share <= left)
                 completes = torch.cumprod(torch.where(row_index >= prefix, full, torch.ones_like(full))
