@@ -14,9 +14,10 @@ E_j being the last evaluation (at input U_j), J_j the Jacobian of ε for a Gauss
 data (the chain's surrogate, :mod:`fixedpoint_ir.surrogate`: a scalar √(1−ᾱ)/(ᾱv + 1 − ᾱ) for
 white data, a per-frequency filter for a power-law spectrum) and γ_j a per-row, per-image scale:
 1 at first, then fitted to the secant of the row's last two evaluations (a scalar Broyden update
-per row). The same linear model lets rows whose input barely moved skip re-evaluation. Further
-levers, each switchable: per-row tolerances scaled by the row's noise level (ParaDiGMS, Shih et
-al. 2023), freezing the accepted prefix, and a sliding window of rows.
+per row). The same linear model lets rows whose input barely moved skip re-evaluation. Rows are
+accepted by an a-posteriori estimate of their error from their own recent changes (``stop``).
+Further levers, each switchable: per-row tolerances scaled by the row's noise level (ParaDiGMS,
+Shih et al. 2023), freezing the accepted prefix, and a sliding window of rows (24 by default).
 
 Row p of the accepted prefix is always evaluated at its (frozen) input, where the linear
 correction vanishes, so the prefix grows by at least one row per round: the solver is exact after
@@ -64,8 +65,8 @@ class Triangular(FixedPointSolver):
     """Structure-aware parallel-in-time solver (see the module docstring).
 
     Args:
-        tol: a row is accepted when it moved by at most tol (max-abs, image units) in the last
-            round and its e was evaluated within tol of its current input.
+        tol: a converged solve's rows are within tol (max-abs, image units) of the sequential
+            chain, as judged by the rule ``stop``.
         max_rounds: most rounds (``None``: T, where the solver is exact anyway).
         linearize: ``"secant"`` (the surrogate's Jacobian, scaled per row by secants),
             ``"surrogate"`` (the surrogate's Jacobian as is) or ``"none"`` (DeqIR's replay with e
