@@ -48,6 +48,7 @@ class Config:
     init: str = "x_T"
     baseline: bool = False
     surrogate: object = None      # None: the prior's own (Sampler default)
+    max_steps: int | None = None  # skipped on longer chains (too costly on a CPU)
 
 
 CONFIGS = [
@@ -57,15 +58,26 @@ CONFIGS = [
                                                       exact_prefix=True)),
     Config("Broyden", lambda T: Broyden(tol=1e-4, max_rounds=T, exact_prefix=False)),  # as measured
     Config("Triangular, no linearisation", lambda T: Triangular(tol=TARGET, linearize="none")),
-    Config("Triangular, secant", lambda T: Triangular(tol=TARGET)),
+    Config("Triangular, secant", lambda T: Triangular(tol=TARGET, window=None)),
     Config("Triangular, secant, noise-scaled tol", lambda T: Triangular(tol=TARGET, row_tol="noise")),
-    Config("Triangular, secant + surrogate init", lambda T: Triangular(tol=TARGET), init="surrogate"),
+    Config("Triangular, secant + surrogate init", lambda T: Triangular(tol=TARGET, window=None),
+           init="surrogate"),
     Config("Triangular, secant, window 12 + surrogate init",
            lambda T: Triangular(tol=TARGET, window=12), init="surrogate"),
     Config("Triangular, secant, window 8 + surrogate init",
            lambda T: Triangular(tol=TARGET, window=8), init="surrogate"),
-    Config("Triangular, secant + surrogate init, white surrogate", lambda T: Triangular(tol=TARGET),
-           init="surrogate", surrogate=WhiteGaussian()),
+    Config("Triangular, secant + surrogate init, white surrogate",
+           lambda T: Triangular(tol=TARGET, window=None), init="surrogate", surrogate=WhiteGaussian()),
+]
+DEFAULT = "Sampler default (Triangular(), surrogate init)"
+# The previous and the new default side by side (``--configs default``: cheap enough for T = 50
+# and 100 on a shared 2-core CPU, where only the new default runs). At T ≤ 24 the default window
+# changes nothing, so the new default there is the new stopping rule alone.
+DEFAULT_CONFIGS = [
+    Config("Picard (baseline)", lambda T: Picard(tol=0.0), baseline=True, max_steps=0),
+    Config("Triangular, previous default (stop='safety', all rows)",
+           lambda T: Triangular(tol=TARGET, stop="safety", window=None), init="surrogate", max_steps=20),
+    Config(DEFAULT, lambda T: Triangular(tol=TARGET), init="surrogate"),
 ]
 NEWTON = "Newton, exact Jacobian (reference, + T sequential JVPs per round)"
 
@@ -90,6 +102,7 @@ class TimedPrior:
 @dataclass
 class Outcome:
     errors: list = field(default_factory=list)
+    same_8bit: list = field(default_factory=list)
     residuals: list = field(default_factory=list)
     nfes: list = field(default_factory=list)
     rounds: int = 0
@@ -98,6 +111,10 @@ class Outcome:
     final_error: float = float("nan")
     seconds: float = 0.0
     network_seconds: float = 0.0
+
+    def first_8bit(self):
+        """First round whose 8-bit image equals the sequential chain's to one level everywhere."""
+        return next((k + 1 for k, same in enumerate(self.same_8bit) if same), None)
 
     def first_within(self, target=TARGET):
         for k, err in enumerate(self.errors):
@@ -121,6 +138,16 @@ def relative_error(image, reference):
     return float((image - reference).abs().max() / reference.abs().max())
 
 
+def to_8bit(image):
+    """[-1, 1] → {0, …, 255}, as an image file would store it."""
+    return ((image.clamp(-1, 1) + 1) * 127.5).round()
+
+
+def same_8bit(image, reference):
+    """What a user sees: every pixel of the 8-bit image within one level of the sequential one."""
+    return bool((to_8bit(image) - to_8bit(reference)).abs().max() <= 1)
+
+
 def run_config(prior, operator, y, steps, config, seed, reference):
     solver = config.make(steps)
     sampler = Sampler(prior, operator, solver, steps=steps, etw=0.1, nw=0.0, init=config.init,
@@ -140,6 +167,7 @@ def run_config(prior, operator, y, steps, config, seed, reference):
     def callback(info):
         image = (info.z if returns_iterate else info.fz)[-1]
         out.errors.append(relative_error(image, reference))
+        out.same_8bit.append(same_8bit(image, reference))
         out.residuals.append(info.residual)
         out.nfes.append(box["chain"].nfe)
 
@@ -179,6 +207,7 @@ def newton_reference(prior, operator, y, steps, seed, reference, max_rounds=10):
         change = float((torch.stack(rows) - z).abs().max())
         z = torch.stack(rows)
         out.errors.append(relative_error(z[-1], reference))
+        out.same_8bit.append(same_8bit(z[-1], reference))
         out.residuals.append(change)
         out.nfes.append(chain.nfe)
         if out.errors[-1] <= TARGET / 100:
@@ -210,18 +239,20 @@ def analytic_problems(size=32, device="cpu"):
             yield f"mixture prior 3×{size}×{size}, {name}, T = {steps}", prior.to(device), op, op.A(x.to(device)), steps
 
 
-def learned_problems(photos=None, size=64, device="cpu"):
+def learned_problems(photos=None, size=64, device="cpu", steps=(20,)):
     from fixedpoint_ir.operators.tasks import make_operator
     from fixedpoint_ir.photos import HOLDOUT, holdout_crop
     from fixedpoint_ir.priors.default import default_prior
 
     prior = default_prior()
-    for task in ("sr4", "deblur_gauss", "inpaint_random"):
-        for photo in photos or HOLDOUT:
-            x = holdout_crop(photo, size, scale=0.25)[None]
-            op = make_operator(task, tuple(x.shape[1:]), generator=torch.Generator().manual_seed(0))
-            op = op.to(device)
-            yield f"learned prior, {photo} 64×64, {task}, T = 20", prior.to(device), op, op.A(x.to(device)), 20
+    for T in steps:
+        for task in ("sr4", "deblur_gauss", "inpaint_random"):
+            for photo in photos or HOLDOUT:
+                x = holdout_crop(photo, size, scale=0.25)[None]
+                op = make_operator(task, tuple(x.shape[1:]), generator=torch.Generator().manual_seed(0))
+                op = op.to(device)
+                yield (f"learned prior, {photo} 64×64, {task}, T = {T}", prior.to(device), op,
+                       op.A(x.to(device)), T)
 
 
 def plot(problem, outcomes, path):
@@ -255,10 +286,29 @@ def plot(problem, outcomes, path):
 
 def outcomes_to_json(outcomes):
     """Per-round traces of every run, for re-plotting or other analyses."""
-    return {name: dict(errors=out.errors, residuals=[r if math.isfinite(r) else None for r in out.residuals],
+    return {name: dict(errors=out.errors, same_8bit=out.same_8bit, residuals=[r if math.isfinite(r) else None for r in out.residuals],
                        nfes=out.nfes, rounds=out.rounds, nfe=out.nfe, status=out.status,
                        final_error=out.final_error, seconds=out.seconds, network_seconds=out.network_seconds)
             for name, out in outcomes.items()}
+
+
+def default_summary(summary):
+    """Per T: medians of the stopping rules and the default solver, and the honest-stop check."""
+    lines = ["## Summary per T (medians over the problems)", "",
+             "| T | configuration | problems | rounds to 1e-3 | stop: rounds | stop: NFEs (÷T) | "
+             "8-bit at round | largest error when converged |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    med = lambda v: statistics.median(v) if v else float("nan")  # noqa: E731
+    for steps in sorted({r[2] for r in summary}):
+        for name in dict.fromkeys(r[1] for r in summary if r[2] == steps):
+            rows = [r for r in summary if r[2] == steps and r[1] == name]
+            outs = [r[5] for r in rows]
+            converged = [o.final_error for o in outs if o.status == "converged"]
+            lines.append(
+                f"| {steps} | {name} | {len(rows)} | {med([r[3] or steps for r in rows]):g} | "
+                f"{med([o.rounds for o in outs]):g} | {med([o.nfe for o in outs]):g} "
+                f"({med([o.nfe for o in outs]) / steps:.1f}) | {med([o.first_8bit() or steps for o in outs]):g} | "
+                f"{max(converged) if converged else float('nan'):.1e} |")
+    return lines + [""]
 
 
 def slug(text):
@@ -279,6 +329,12 @@ def main(argv=None):
                         help="torch device (cuda: results get a _cuda suffix and the GPU's name)")
     parser.add_argument("--photos", nargs="+", default=None,
                         help="hold-out photos for the learned-prior problems (default: all three)")
+    parser.add_argument("--steps", nargs="+", type=int, default=[20],
+                        help="T of the learned-prior problems (default: 20)")
+    parser.add_argument("--configs", choices=["all", "default"], default="all",
+                        help="'default': the previous default (at T = 20 only) and the new one; "
+                             "Picard's counts are those of the full run (it is exact after T rounds "
+                             "and costs T² evaluations)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -288,13 +344,16 @@ def main(argv=None):
     if args.problems in ("analytic", "all"):
         problems += list(analytic_problems(device=args.device))
     if args.problems in ("learned", "all"):
-        problems += list(learned_problems(args.photos, device=args.device))
+        problems += list(learned_problems(args.photos, device=args.device, steps=args.steps))
+    configs = CONFIGS if args.configs == "all" else DEFAULT_CONFIGS
     device = torch.device(args.device)
     # TF32 convolutions round to ~1e-3: batched and one-at-a-time evaluations would then differ by
     # more than the target, whatever the solver. Measure in true float32.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     suffix = "" if device.type == "cpu" else f"_{device.type}"
+    stem = args.problems + ("" if args.configs == "all" else "_default") + \
+        ("" if args.steps == [20] else "_T" + "_".join(map(str, args.steps)))
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
 
@@ -308,11 +367,14 @@ def main(argv=None):
         "the image's max) of the sequential chain, and the NFEs (network evaluations per image) spent by "
         "then. *stop*: what the solver returns when it stops by its own rule, with the true error of "
         "that image. *overhead*: share of the solve's wall-clock spent outside the network. *par/seq*: "
-        "wall-clock of the parallel solve over the sequential sampler, same run.",
+        "wall-clock of the parallel solve over the sequential sampler, same run. *8-bit*: first round "
+        "whose 8-bit image equals the sequential chain's to one level in every pixel. No configuration "
+        "here spends Jacobian-vector products, so the network-pass-equivalent cost is the NFE count.",
         "",
     ]
     summary, traces = [], {}
-    if problems:  # warm-up (CUDA context, kernel selection) so the first timings are not skewed
+    if problems and (args.configs == "all" or device.type != "cpu"):  # warm-up (CUDA context,
+        # kernel selection) so the first timings are not skewed
         _, prior, op, y, steps = problems[0]
         sequential_reference(prior, op, y, steps, args.seed)
         run_config(prior, op, y, steps, CONFIGS[-1], args.seed, y.new_zeros(op.A_pinv(y).shape) + 1)
@@ -320,7 +382,9 @@ def main(argv=None):
         timed = [sequential_reference(prior, op, y, steps, args.seed) for _ in range(args.repeats)]
         reference, seq_seconds = timed[0][0], statistics.median(t for _, t in timed)
         outcomes = {}
-        for config in CONFIGS:
+        for config in configs:
+            if config.max_steps is not None and steps > config.max_steps:
+                continue
             if config.surrogate is not None and getattr(prior, "surrogate", None) is None:
                 continue  # the prior's own surrogate is this one already
             runs = [run_config(prior, op, y, steps, config, args.seed, reference) for _ in range(args.repeats)]
@@ -334,29 +398,31 @@ def main(argv=None):
         lines += [f"## {problem}", "",
                   f"Sequential sampler: {steps} network calls, {seq_seconds:.3f} s{timing}.", "",
                   f"| solver | rounds to {TARGET:g} | NFEs to {TARGET:g} | stop: rounds | stop: NFEs | "
-                  "stop: status | stop: error | overhead | par/seq wall-clock |",
-                  "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+                  "stop: status | stop: error | 8-bit | overhead | par/seq wall-clock |",
+                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
         for name, out in outcomes.items():
             k, nfe = out.first_within()
             if name == NEWTON:
                 lines.append(f"| {name} | {k or '—'} | {nfe or '—'} | {out.rounds} | {out.nfe} | "
-                             f"{out.status} | {out.final_error:.1e} | — | {out.seconds / seq_seconds:.2f} |")
+                             f"{out.status} | {out.final_error:.1e} | {out.first_8bit() or '—'} | — | "
+                             f"{out.seconds / seq_seconds:.2f} |")
                 continue
             overhead = 1 - out.network_seconds / out.seconds if out.seconds else float("nan")
             lines.append(f"| {name} | {k if k else '—'} | {nfe if nfe else '—'} | {out.rounds} | {out.nfe} | "
-                         f"{out.status} | {out.final_error:.1e} | {overhead:.1%} | "
+                         f"{out.status} | {out.final_error:.1e} | {out.first_8bit() or '—'} | {overhead:.1%} | "
                          f"{out.seconds / seq_seconds:.2f} |")
             summary.append((problem, name, steps, k, nfe, out))
         traces[problem] = outcomes_to_json(outcomes)
-        png = args.out / f"convergence_{slug(problem)}{suffix}.png"
+        png = args.out / f"convergence_{slug(problem)}{'' if args.configs == 'all' else '_default'}{suffix}.png"
         plot(problem, outcomes, png)
         lines += ["", f"![{problem}]({png.name})", ""]
     # Targets of the issue, checked on the best configuration per problem.
-    lines += ["## Targets", "",
+    target_problems = dict.fromkeys(p for p, *_ in summary) if args.configs == "all" else {}
+    lines += [] if not target_problems else ["## Targets", "",
               "| problem | best configuration | rounds to 1e-3 (≤ T/3) | NFEs (≤ 2.5·T) | "
               "rounds vs Picard | honest stop (error ≤ 1e-3 when converged) |",
               "|---|---|---:|---:|---:|---|"]
-    for problem in dict.fromkeys(p for p, *_ in summary):
+    for problem in target_problems:
         rows = [r for r in summary if r[0] == problem and r[1] != NEWTON]
         picard = next(r for r in rows if r[1].startswith("Picard"))
         candidates = [r for r in rows if r[3] is not None]
@@ -372,7 +438,10 @@ def main(argv=None):
                      f"{best[4]} {'✓' if best[4] <= 2.5 * steps else '✗'} | {best[3]} vs {picard[3]} | "
                      f"{'✓' if honest else '✗'} |")
     text = "\n".join(lines) + "\n"
-    path = args.out / f"convergence_{args.problems}{suffix}.md"
+    if args.configs == "default":
+        lines += default_summary(summary)
+        text = "\n".join(lines) + "\n"
+    path = args.out / f"convergence_{stem}{suffix}.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(path)
