@@ -25,11 +25,12 @@ from .memory import input_scale, inputs_per_image, measure_input_bytes, probe_sh
 __all__ = ["BatchCost", "Choice", "enable_disk_cache", "measure_batch_cost", "expected_rows", "predict_parallel",
            "predict_sequential", "choose", "TRIANGULAR_WORK"]
 
-#: Default triangular solver (secant, surrogate init): (T, rounds / T, network evaluations / T).
-#: T = 20: medians over the 9 learned-prior problems of ``benchmarks/convergence.py`` (64×64,
-#: CPU); T = 50: the sr4 run of ``benchmarks/speed.py`` (64×64, CPU; one problem). Interpolated
-#: in T, the last entry's fractions beyond it (T = 100 has not been measured).
-TRIANGULAR_WORK = ((20, 14 / 20, 171 / 20), (50, 22 / 50, 671 / 50))
+#: Default triangular solver (secant, surrogate init, estimate stopping rule, window 24):
+#: (T, rounds / T, network evaluations per image / T), medians of ``benchmarks/convergence.py
+#: --problems learned --configs default`` (64×64, CPU): T = 20 over the 9 problems, T = 50 and
+#: T = 100 over flower × sr4 / deblur_gauss / inpaint_random. Interpolated in T, the last entry's
+#: fractions beyond it.
+TRIANGULAR_WORK = ((20, 13 / 20, 167 / 20), (50, 25 / 50, 492 / 50), (100, 48 / 100, 1020 / 100))
 
 #: Replay and bookkeeping of a parallel round, as a share of its network time (measured 1-6.5 %
 #: with the row-loop replay in ``benchmarks/results/convergence_learned.md``).

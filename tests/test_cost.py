@@ -31,8 +31,11 @@ def test_batch_cost_interpolates_and_extrapolates_with_the_last_slope():
 
 
 def test_expected_rows_follow_the_table_and_the_window():
-    rows = expected_rows(Triangular(), 20)
-    assert len(rows) == 14 and rows[0] == 20 and abs(sum(rows) - 171) <= 14
+    for steps, rounds, evaluations in cost_module.TRIANGULAR_WORK:
+        rows = expected_rows(Triangular(window=None), steps)
+        assert len(rows) == round(rounds * steps) and rows[0] == steps
+        assert abs(sum(rows) - evaluations * steps) <= len(rows)
+    assert max(expected_rows(Triangular(), 100)) == 24          # the default window
     assert max(expected_rows(Triangular(window=8), 20)) == 8
     assert expected_rows(Picard(), 7) == [7] * 7
     assert expected_rows(Picard(max_rounds=3), 7) == [7] * 3
