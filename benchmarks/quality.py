@@ -261,7 +261,16 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--name", default="quality", help="base name of the .md / .json files")
+    p.add_argument("--sweep", action="store_true",
+                   help="the chain / weight study behind the per-task defaults (benchmarks/quality_sweep.py)")
     args = p.parse_args(argv)
+    if args.sweep:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from quality_sweep import run as run_sweep
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        run_sweep(args.out, log=lambda line: print(line, flush=True))
+        return 0
     command = "python benchmarks/quality.py" + ("" if argv is None and len(sys.argv) == 1
                                                 else " " + " ".join(sys.argv[1:] if argv is None else argv))
     figures = args.out / "figures"

@@ -83,9 +83,10 @@ def test_degrade_restore_inpaint_random_chain(tmp_path, photo, capsys):
     elsewhere = tmp_path / "other"
     elsewhere.mkdir()
     (elsewhere / "obs.png").write_bytes(y_path.read_bytes())
+    (tmp_path / "masked.png.y.npy").unlink()   # the 8-bit picture alone, read as exact (σ_y 0)
     out = tmp_path / "r.png"
     assert main(["restore", str(elsewhere / "obs.png"), "-o", str(out), "--config",
-                 str(tmp_path / "masked.png.json"), *FAST]) == 0
+                 str(tmp_path / "masked.png.json"), "--sigma-y", "0", *FAST]) == 0
     restored, _ = read_image(out)
     y, _ = read_image(y_path)
     m = op.mask.bool()
@@ -94,7 +95,7 @@ def test_degrade_restore_inpaint_random_chain(tmp_path, photo, capsys):
     # --mask rebuilds the same operator from the mask image alone
     out2 = tmp_path / "r2.png"
     assert main(["restore", str(elsewhere / "obs.png"), "-o", str(out2), "--mask",
-                 str(tmp_path / "masked.png.mask.png"), "--sequential", *FAST]) == 0
+                 str(tmp_path / "masked.png.mask.png"), "--sequential", "--sigma-y", "0", *FAST]) == 0
     # same operator, same seed: the sequential chain gives the parallel answer (8-bit files)
     assert float((read_image(out2)[0] - restored).abs().max()) <= 2.5 / 255
 

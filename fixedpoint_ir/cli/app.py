@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("input", metavar="INPUT")
     dg.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="observation image (PNG)")
     dg.add_argument("--task", help="the degradation (`fixedpoint-ir tasks`)")
+    dg.add_argument("--float", action="store_true",
+                    help="write the observation itself as a float32 array (OUTPUT .npy or .pt), exactly; "
+                         "without it the PNG picture is 8-bit and the exact y goes to OUTPUT.y.npy")
     dg.add_argument("--mask", metavar="PATH", help="inpainting mask image (white = observed)")
     dg.add_argument("--param", action="append", metavar="KEY=VALUE",
                     help="override a task parameter, e.g. --param missing=0.8 (repeatable)")
