@@ -136,7 +136,8 @@ class Sampler:
         nw = task_sampling.get("nw", 0.0) if nw is None else nw
         noise = task_sampling.get("noise", "per_step") if noise is None else noise
         chain = task_sampling.get("chain", "ddnm") if chain is None else chain
-        t_max = task_sampling.get("t_max") if t_max is None else t_max
+        if t_max is None and task_sampling.get("t_max") is not None:
+            t_max = max(int(task_sampling["t_max"]), steps)   # a task's start, never below T steps
         if t_max is not None:
             if isinstance(t_max, bool) or not isinstance(t_max, int) \
                     or not steps <= t_max <= prior.num_train_steps:

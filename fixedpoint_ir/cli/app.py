@@ -55,8 +55,15 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
                    help="run the plain sequential chain instead (T network calls in a row: the "
                         "same answer, often faster on a CPU)")
     g.add_argument("--steps", type=_pos_int, metavar="T", help=f"sampling steps (default {d.get('steps')})")
-    g.add_argument("--etw", type=float, metavar="ETA", help=f"eta, weight of eps in a step (default {d.get('etw')})")
-    g.add_argument("--nw", type=float, metavar="W", help=f"weight of fresh noise (default {d.get('nw')})")
+    g.add_argument("--etw", type=float, metavar="ETA",
+                   help="eta, weight of eps in a step (default: the task's, see `fixedpoint-ir tasks`)")
+    g.add_argument("--nw", type=float, metavar="W", help="weight of fresh noise (default: the task's)")
+    g.add_argument("--chain", choices=["ddnm", "ddrm", "diffpir"],
+                   help="update rule: ddnm (DeqIR's), ddrm (Kawar et al. 2022, eta 0.85, eta_b 1) or "
+                        "diffpir (Zhu et al. 2023, zeta 0.3) (default: the task's)")
+    g.add_argument("--t-max", type=_pos_int, metavar="T",
+                   help="start the chain around A†y at this training timestep instead of from pure "
+                        "noise (default: the task's; 1000 with --etw/--nw alone keeps the task's)")
     g.add_argument("--sigma-y", type=_nonneg_float, metavar="S",
                    help="observation noise std on the [-1, 1] scale (default: the config's or task's)")
     g.add_argument("--seed", type=int, default=0, help="seed of x_T and the noises (default 0)")
