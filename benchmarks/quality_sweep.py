@@ -200,6 +200,7 @@ def write_report(results: dict, out: Path, command: str) -> None:
              "grace_hopper, seed 0, σ_y = 0, mean PSNR (dB, [0, 1], clamped) / SSIM over the photos; "
              "sequential sampler (the parallel solve returns the same image). DDRM columns: DeepInverse's "
              "DDRM around the same ε-network, from issue #15 (not re-run here).", "",
+             *([results["note"], ""] if results.get("note") else []),
              "## T = 20, 64×64 (scale 0.25)", "",
              "| setting | " + " | ".join(TASKS) + " |", "|---|" + "---:|" * len(TASKS)]
     lines.append("| A†y | " + " | ".join(f"{results['pinv'][t]:.2f}" for t in TASKS) + " |")
