@@ -136,7 +136,7 @@ class Sampler:
         nw = task_sampling.get("nw", 0.0) if nw is None else nw
         noise = task_sampling.get("noise", "per_step") if noise is None else noise
         chain = task_sampling.get("chain", "ddnm") if chain is None else chain
-        if t_max is None and task_sampling.get("t_max") is not None:
+        if t_max is None and task_sampling.get("t_max") is not None and isinstance(steps, int):
             t_max = max(int(task_sampling["t_max"]), steps)   # a task's start, never below T steps
         if t_max is not None:
             if isinstance(t_max, bool) or not isinstance(t_max, int) \

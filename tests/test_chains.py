@@ -181,3 +181,37 @@ def test_chain_choice_and_errors():
     Sampler(prior, claimed, chain="ddrm")                  # σ_y = 0 needs only P
     with pytest.raises(ValueError, match="singular values"):
         Sampler(prior, claimed, chain="diffpir", sigma_y=0.1)
+
+
+def test_task_sampling_defaults_and_overrides():
+    from fixedpoint_ir.operators import make_operator
+    from fixedpoint_ir.operators.tasks import TASKS
+
+    prior = GaussianMixturePrior()
+    op = make_operator("inpaint_random", (3, SIZE, SIZE))
+    assert op.task_config["sampling"] == TASKS["inpaint_random"].sampling
+    s = Sampler(prior, op)
+    assert (s.etw, s.nw, s.t_max) == (1.0, 1.0, 250)
+    assert int(s.timesteps[0]) < 250
+    s = Sampler(prior, op, etw=0.1, nw=0.0, t_max=1000, chain="ddrm")
+    assert (s.etw, s.nw, s.t_max, s.chain_choice) == (0.1, 0.0, 1000, DDRM())
+    assert Sampler(prior, op, steps=300).t_max == 300        # a task's t_max never below T
+    op.task_config["sampling"] = {}
+    assert (Sampler(prior, op).etw, Sampler(prior, op).t_max) == (0.1, None)
+    with pytest.raises(ValueError, match="t_max must be an int"):
+        Sampler(prior, op, steps=20, t_max=10)
+    with pytest.raises(ValueError, match="needs an operator"):
+        Sampler(prior, None, t_max=400)
+
+
+def test_t_max_starts_around_the_pseudo_inverse():
+    """x_T = √ᾱ A†y + √(1−ᾱ) ε at t_0 of the truncated schedule (DDRM's start)."""
+    op = OPERATORS["mask"]()
+    y = op.A(_truth())
+    s = Sampler(GaussianMixturePrior(), op, steps=STEPS, t_max=400)
+    chain = s.chain(y, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(chain.x_T.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = float(s.coefficients.a[0])
+    assert int(s.timesteps[0]) == 400 - 400 // STEPS
+    torch.testing.assert_close(chain.x_T, math.sqrt(a) * op.A_pinv(y) + math.sqrt(1 - a) * eps,
+                               rtol=0, atol=1e-12)
