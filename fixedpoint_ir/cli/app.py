@@ -63,7 +63,7 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
                         "diffpir (Zhu et al. 2023, zeta 0.3) (default: the task's)")
     g.add_argument("--t-max", type=_pos_int, metavar="T",
                    help="start the chain around A†y at this training timestep instead of from pure "
-                        "noise (default: the task's; 1000 with --etw/--nw alone keeps the task's)")
+                        "noise (default: the task's, see `fixedpoint-ir tasks`; 1000: the whole schedule)")
     g.add_argument("--sigma-y", type=_nonneg_float, metavar="S",
                    help="observation noise std on the [-1, 1] scale (default: the config's or task's)")
     g.add_argument("--seed", type=int, default=0, help="seed of x_T and the noises (default 0)")
