@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..chain import Chain
 
-__all__ = ["DDRM", "DDRMChain", "ddrm_weights"]
+__all__ = ["DDRM", "DDRMChain", "ddrm_weights", "check_spectral_operator"]
 
 
 def _check_unit(value, name: str) -> float:
@@ -56,20 +56,26 @@ class DDRM:
     @staticmethod
     def check_operator(operator, sigma_y: float) -> None:
         """DDRM needs P = A†A (σ_y = 0) or the singular values of A (σ_y > 0)."""
-        if operator is None:
-            raise ValueError("chain='ddrm' needs an operator (use the default chain 'ddnm' for "
-                             "unconditional sampling)")
-        if not getattr(operator, "is_projector", False):
-            raise ValueError(f"chain='ddrm' needs an operator whose A†A is an orthogonal projector; "
-                             f"{type(operator).__name__} does not declare one (is_projector=False)")
-        if sigma_y > 0 and not operator.has_spectrum:
-            raise ValueError(f"chain='ddrm' with sigma_y > 0 needs the singular values of A; "
-                             f"{type(operator).__name__} does not expose them (no filtered_pinv / "
-                             "singular_value): use sigma_y=0 or chain='ddnm'")
+        check_spectral_operator("ddrm", operator, sigma_y)
 
     def build(self, prior, coefficients, x_T, noise, operator, y, sigma_y, surrogate) -> "DDRMChain":
         return DDRMChain(prior, coefficients, x_T, noise, operator, y, sigma_y=sigma_y, eta=self.eta,
                          eta_b=self.eta_b, surrogate=surrogate)
+
+
+def check_spectral_operator(chain: str, operator, sigma_y: float) -> None:
+    """A chain that filters in the SVD basis needs P = A†A (σ_y = 0) or the singular values of A
+    (σ_y > 0); ``ValueError`` naming what the operator lacks otherwise."""
+    if operator is None:
+        raise ValueError(f"chain={chain!r} needs an operator (use the default chain 'ddnm' for "
+                         "unconditional sampling)")
+    if not getattr(operator, "is_projector", False):
+        raise ValueError(f"chain={chain!r} needs an operator whose A†A is an orthogonal projector; "
+                         f"{type(operator).__name__} does not declare one (is_projector=False)")
+    if sigma_y > 0 and not operator.has_spectrum:
+        raise ValueError(f"chain={chain!r} with sigma_y > 0 needs the singular values of A; "
+                         f"{type(operator).__name__} does not expose them (no filtered_pinv / "
+                         "singular_value): use sigma_y=0 or chain='ddnm'")
 
 
 def ddrm_weights(s: Tensor, sigma: float, sigma_y: float, eta: float, eta_b: float) -> tuple[Tensor, Tensor]:

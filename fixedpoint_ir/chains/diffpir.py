@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..chain import Chain
+from .ddrm import check_spectral_operator
 
 __all__ = ["DiffPIR", "DiffPIRChain", "proximal_weights"]
 
@@ -45,15 +46,7 @@ class DiffPIR:
     @staticmethod
     def check_operator(operator, sigma_y: float) -> None:
         """The proximal step needs P = A†A (σ_y = 0) or the singular values of A (σ_y > 0)."""
-        if operator is None:
-            raise ValueError("chain='diffpir' needs an operator (use the default chain 'ddnm' for "
-                             "unconditional sampling)")
-        if not getattr(operator, "is_projector", False):
-            raise ValueError(f"chain='diffpir' needs an operator whose A†A is an orthogonal projector; "
-                             f"{type(operator).__name__} does not declare one (is_projector=False)")
-        if sigma_y > 0 and not operator.has_spectrum:
-            raise ValueError(f"chain='diffpir' with sigma_y > 0 needs the singular values of A; "
-                             f"{type(operator).__name__} does not expose them: use sigma_y=0")
+        check_spectral_operator("diffpir", operator, sigma_y)
 
     def build(self, prior, coefficients, x_T, noise, operator, y, sigma_y, surrogate) -> "DiffPIRChain":
         return DiffPIRChain(prior, coefficients, x_T, noise, operator, y, sigma_y=sigma_y, zeta=self.zeta,
