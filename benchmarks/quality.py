@@ -49,7 +49,7 @@ def _observation_picture(y: torch.Tensor, op) -> torch.Tensor:
 
 
 def run_case(prior, task: str, params: dict, photo: str, size: int, scale: float, steps: int,
-             seed: int) -> dict:
+             seed: int, parallel: bool = True) -> dict:
     gt = holdout_crop(photo, size, scale=scale)[None]
     op = make_operator(task, gt.shape[1:], **params)
     y = degrade(gt, op, 0.0)
@@ -58,11 +58,14 @@ def run_case(prior, task: str, params: dict, photo: str, size: int, scale: float
     seq = sampler.sequential(y, generator=torch.Generator().manual_seed(seed))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        par = sampler.restore(y, generator=torch.Generator().manual_seed(seed))
+        # --sequential-only: the parallel solve's image is the sequential one (to its tolerance).
+        par = sampler.restore(y, generator=torch.Generator().manual_seed(seed)) if parallel else seq
     row = {
         "task": task, "photo": photo, "params": op.task_config["params"],
         "solver": type(sampler.solver).__name__, "solver_repr": repr(sampler.solver),
         "steps": steps, "etw": sampler.etw, "nw": sampler.nw,
+        "sampling": {"chain": getattr(sampler.chain_choice, "name", "ddnm"), "etw": sampler.etw,
+                     "nw": sampler.nw, "noise": sampler.noise, "t_max": sampler.t_max},
         "pinv": {"psnr": psnr(pinv[0], gt[0]), "ssim": ssim(pinv[0], gt[0])},
         "sequential": {"psnr": psnr(seq.image[0], gt[0]), "ssim": ssim(seq.image[0], gt[0]),
                        "nfe": seq.nfe, "rounds": seq.rounds, "seconds": seq.seconds},
@@ -171,7 +174,8 @@ def report(rows: list[dict], args, seconds: float, command: str) -> str:
         f"used in training), {args.size}×{args.size} crops at scale {args.scale} "
         "(`fixedpoint_ir.photos.holdout_crop`, centred on the subject). Prior: the shipped SmallUNet "
         f"(`Prior.default()`). T = {args.steps} steps, seed {args.seed}, σ_y = 0, the Sampler's "
-        f"defaults (etw = {rows[0]['etw'] if rows else '?'}, nw = {rows[0]['nw'] if rows else '?'}); "
+        f"defaults for each task (`operators/tasks.py` SAMPLING: "
+        + "; ".join(f"{t}: {r['sampling']}" for t, r in {r['task']: r for r in rows}.items()) + "); "
         f"parallel solver: the Sampler's default, `{solver}`.",
         "",
         "PSNR in dB and SSIM on [0, 1] RGB after clamping, whole image (`fixedpoint_ir.metrics`: "
@@ -183,6 +187,9 @@ def report(rows: list[dict], args, seconds: float, command: str) -> str:
         "as it is saved, with its observation, on the [0, 1] scale (before clamping it is exact by "
         "construction: the last DDNM step returns A†y + (I − A†A) x0).",
         "",
+        *(["**Run with `--sequential-only`: the 'par' columns repeat the sequential result (no "
+           "parallel solve was run; the library guarantees the same image to the solver's "
+           "tolerance).**", ""] if getattr(args, "sequential_only", False) else []),
         "On this CPU the parallel solve costs more network evaluations (and wall-clock) than the "
         "sequential chain: all T states go through the network in every round. Its point is the "
         "parallel depth (rounds < T) on an accelerator; see `convergence.md` and `scaling.md`.",
@@ -225,7 +232,7 @@ def report(rows: list[dict], args, seconds: float, command: str) -> str:
                 if task == "colorize":
                     cells += [_fmt(r["consistency"]["sequential"], 4), _fmt(r["consistency"]["parallel"], 4)]
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"![{task}](figures/quality_{task}.png)", ""]
+        lines += ["", f"![{task}](figures/{args.name}_{task}.png)", ""]
     # verdicts
     lines += ["## Does the prior beat A†y?", ""]
     for task in args.tasks:
@@ -261,7 +268,19 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--name", default="quality", help="base name of the .md / .json files")
+    p.add_argument("--sequential-only", action="store_true",
+                   help="skip the parallel solve (its image equals the sequential one): quality only")
+    p.add_argument("--sweep", action="store_true",
+                   help="the chain / weight study behind the per-task defaults (benchmarks/quality_sweep.py)")
     args = p.parse_args(argv)
+    if args.sweep:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from quality_sweep import run as run_sweep
+        from quality_sweep import write_report
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_report(run_sweep(args.out, log=lambda line: print(line, flush=True)), args.out, command)
+        return 0
     command = "python benchmarks/quality.py" + ("" if argv is None and len(sys.argv) == 1
                                                 else " " + " ".join(sys.argv[1:] if argv is None else argv))
     figures = args.out / "figures"
@@ -272,7 +291,8 @@ def main(argv=None) -> int:
         task_rows, task_images = [], []
         for photo in args.photos:
             t0 = time.perf_counter()
-            row, images = run_case(prior, task, TASKS[task], photo, args.size, args.scale, args.steps, args.seed)
+            row, images = run_case(prior, task, TASKS[task], photo, args.size, args.scale, args.steps, args.seed,
+                                   parallel=not args.sequential_only)
             rows.append(row)
             task_rows.append(row)
             task_images.append(images)
@@ -282,7 +302,7 @@ def main(argv=None) -> int:
                   f"({row['parallel']['rounds']} rounds, {row['parallel']['status']}) | "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
             (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=1) + "\n")
-        figure(task, task_rows, task_images, figures / f"quality_{task}.png")
+        figure(task, task_rows, task_images, figures / f"{args.name}_{task}.png")
     seconds = time.perf_counter() - started
     md = report(rows, args, seconds, command)
     (args.out / f"{args.name}.md").write_text(md)

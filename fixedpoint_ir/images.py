@@ -309,3 +309,53 @@ def write_image(x: Tensor, path, overwrite: bool = False) -> Path:
         kwargs = {"quality": 95} if suffix in (".jpg", ".jpeg", ".webp") else {}
         image.save(tmp, **kwargs)
     return target
+
+
+# --- float observations (issue 15): y written and read back exactly, no 8-bit quantisation ------
+FLOAT_SUFFIXES = (".npy", ".pt")
+
+#: Standard deviation of the rounding error of an 8-bit file on the [-1, 1] scale: a uniform error
+#: over one step 2/255 has standard deviation (2/255)/√12.
+QUANTISATION_SIGMA_8BIT = 2.0 / 255.0 / 12 ** 0.5
+
+
+def write_observation(y: Tensor, path, overwrite: bool = False) -> Path:
+    """Write an observation (1, C, h, w) or (C, h, w) exactly as float32: ``.npy`` (NumPy) or ``.pt``
+    (torch), on the [-1, 1] scale, shape (C, h, w)."""
+    p = Path(path)
+    if p.suffix.lower() not in FLOAT_SUFFIXES:
+        raise ValueError(f"a float observation is written as {' or '.join(FLOAT_SUFFIXES)}, got {p}")
+    y = y.detach().to("cpu", torch.float32)
+    if y.dim() == 4:
+        if y.shape[0] != 1:
+            raise ValueError(f"write_observation writes one observation, got a batch of {y.shape[0]}")
+        y = y[0]
+    if y.dim() != 3 or not torch.isfinite(y).all():
+        raise ValueError(f"y must be a finite tensor of shape (C, h, w), got {tuple(y.shape)}")
+    with atomic_path(p, overwrite=overwrite) as tmp:
+        if p.suffix.lower() == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, y.numpy())
+        else:
+            torch.save(y.clone(), tmp)
+    return p
+
+
+def read_observation(path) -> Tensor:
+    """Read a float observation written by :func:`write_observation`: (1, C, h, w) float32."""
+    p = _check_path(path)
+    name = os.fspath(path)
+    try:
+        if p.suffix.lower() == ".npy":
+            y = torch.from_numpy(np.load(p, allow_pickle=False).astype(np.float32))
+        else:
+            y = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any decoding failure is the file's fault
+        raise ImageReadError(f"cannot read {name}: not a float observation array ({e})") from None
+    if not isinstance(y, Tensor) or y.dim() not in (2, 3):
+        raise ImageReadError(f"cannot read {name}: expected an array of shape (C, h, w) or (h, w), got "
+                             f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
+    if not torch.isfinite(y).all():
+        raise ImageReadError(f"cannot read {name}: it contains NaN or Inf values")
+    y = y.to(torch.float32)
+    return (y.unsqueeze(0) if y.dim() == 2 else y).unsqueeze(0).contiguous()

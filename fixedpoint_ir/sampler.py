@@ -104,6 +104,12 @@ class Sampler:
         etw: η of the paper (weight of ε in the step: c2 = √(1−b)·√(1−etw²)).
         nw: weight of fresh noise ξ_j (c1 = √(1−b)·nw); 0 in the reference code.
         noise: ``"per_step"`` (a fresh ξ_j per step, the faithful default) or ``"shared"``.
+
+        ``etw``, ``nw``, ``noise``, ``chain`` and ``t_max`` left at ``None`` take the task's
+        sampling defaults when the operator comes from
+        :func:`~fixedpoint_ir.operators.make_operator` (``operator.task_config["sampling"]``, chosen
+        by ``benchmarks/quality.py --sweep``), else the reference code's etw = 0.1, nw = 0,
+        per-step noise, DDNM chain, full schedule.
         init: initial guess of the states: ``"surrogate"`` (default): the chain run with the
             Gaussian surrogate of ε instead of the network (free: no network call); ``"x_T"`` on
             every row (the published choice); ``"observation"``: √b_j A†y + √(1−b_j) x_T. The
@@ -118,16 +124,43 @@ class Sampler:
         sigma_y: observation noise level (on the [-1, 1] scale). 0 (default) keeps the σ_y-blind
             DDNM correction; > 0 uses the DDNM+ correction of
             :meth:`~fixedpoint_ir.operators.Operator.noisy_consistency` (no closed form then).
+        chain: the update rule replayed by F (:mod:`fixedpoint_ir.chains`): ``"ddnm"`` (default,
+            DeqIR's; uses etw / nw), ``"ddrm"`` (Kawar et al. 2022) or ``"diffpir"`` (Zhu et al.
+            2023), or an instance (``DDRM(eta=0.85, eta_b=1.0)``, ``DiffPIR(zeta=0.3, lam=1.0)``)
+            to set their parameters. Each is strictly lower triangular: every solver reaches the
+            chain's own sequential result.
+        t_max: start the chain part-way down the schedule: the T steps are the DDIM subsequence of
+            the first t_max training steps (t_0 = t_max − t_max // T), and x_T is drawn around the
+            observation, √ᾱ A†y + √(1−ᾱ) ε (DDRM's start, DESIGN §11). ``None``: the whole schedule
+            from pure noise.
     """
 
     def __init__(self, prior: Prior, operator=None, solver: str | FixedPointSolver = "triangular", *,
-                 steps: int = 20, etw: float = 0.1, nw: float = 0.0, noise: str = "per_step",
+                 steps: int = 20, etw: float | None = None, nw: float | None = None,
+                 noise: str | None = None,
                  init: str = "surrogate", closed_form: bool = False, progress: bool = False,
                  sigma_y: float = 0.0, surrogate: GaussianSurrogate | tuple[float, float] | None = None,
-                 plan_memory: bool = True):
+                 plan_memory: bool = True, chain=None, t_max: int | None = None):
         if not isinstance(prior, Prior):
             raise TypeError(f"prior must be a fixedpoint_ir Prior, got {type(prior).__name__}; "
                             "wrap an nn.Module with ModulePrior")
+        # --- per-task sampling defaults (issue 15) ---
+        task_sampling = dict((getattr(operator, "task_config", None) or {}).get("sampling") or {})
+        etw = task_sampling.get("etw", 0.1) if etw is None else etw
+        nw = task_sampling.get("nw", 0.0) if nw is None else nw
+        noise = task_sampling.get("noise", "per_step") if noise is None else noise
+        chain = task_sampling.get("chain", "ddnm") if chain is None else chain
+        if t_max is None and task_sampling.get("t_max") is not None and isinstance(steps, int):
+            t_max = max(int(task_sampling["t_max"]), steps)   # a task's start, never below T steps
+        if t_max is not None:
+            if isinstance(t_max, bool) or not isinstance(t_max, int) \
+                    or not steps <= t_max <= prior.num_train_steps:
+                raise ValueError(f"t_max must be an int in [steps, {prior.num_train_steps}] "
+                                 f"(= [{steps}, {prior.num_train_steps}]), got {t_max!r}")
+            if operator is None:
+                raise ValueError("t_max starts the chain around A†y: it needs an operator")
+        self.t_max = t_max
+        # --- end per-task sampling defaults ---
         if noise not in ("per_step", "shared"):
             raise ValueError(f"noise must be 'per_step' or 'shared', got {noise!r}")
         if init not in INITS:
@@ -137,7 +170,7 @@ class Sampler:
         self.auto = isinstance(solver, str) and solver == "auto"
         self.solver = get_solver("triangular" if self.auto else solver)
         self.plan_memory = bool(plan_memory)
-        self.timesteps = uniform_timesteps(steps, prior.num_train_steps)
+        self.timesteps = uniform_timesteps(steps, t_max or prior.num_train_steps)
         self.coefficients = StepCoefficients.build(prior.alphas_cumprod, self.timesteps, etw, nw)
         self.steps, self.etw, self.nw, self.noise = steps, etw, nw, noise
         self.init = init
@@ -158,6 +191,16 @@ class Sampler:
         if sigma_y > 0 and closed_form:
             raise ValueError("closed_form only applies to the σ_y-blind correction (sigma_y=0)")
         self.sigma_y = float(sigma_y)
+        # --- chain choice (issue 15) ---
+        from .chains import DDNM, resolve_chain
+
+        self.chain_choice = resolve_chain(chain)
+        if not isinstance(self.chain_choice, DDNM):
+            if closed_form:
+                raise ValueError(f"closed_form is DDNM's (Proposition 1); chain={self.chain_choice.name!r} "
+                                 "has none")
+            self.chain_choice.check_operator(operator, self.sigma_y)
+        # --- end chain choice ---
 
     # --- building the map ------------------------------------------------------------------
     def _device_dtype(self, *tensors: Tensor | None, dtype=None, device=None):
@@ -215,7 +258,9 @@ class Sampler:
                              f"models {channels}-channel images")
         if x_T is None:
             x_T = torch.randn((n, *shape), generator=generator, dtype=dtype, device=device)
-            if start_step is not None:
+            if start_step is None and self.t_max is not None:   # DDRM's start around A†y
+                x_T = self._start_state(x_T, y_image, coefficients, (n, *shape))
+            elif start_step is not None:
                 x_T = self._start_state(x_T, y_image if x_init is None else x_init, coefficients,
                                         (n, *shape))
         else:
@@ -234,6 +279,9 @@ class Sampler:
         elif tuple(noise.shape) != (steps, *x_T.shape):
             raise ValueError(f"noise must have shape {(steps, *x_T.shape)}, got {tuple(noise.shape)}")
         correction = projector = None
+        if self.operator is not None and getattr(self.chain_choice, "name", "ddnm") != "ddnm":
+            return self.chain_choice.build(self.prior, coefficients, x_T, noise, self.operator.to(device),
+                                           y, self.sigma_y, self.surrogate)
         if self.operator is not None:
             operator = self.operator.to(device)
             correction = lambda x0, j: operator.data_consistency(x0, y)  # noqa: E731

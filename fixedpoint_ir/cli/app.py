@@ -58,10 +58,16 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--etw", type=float, metavar="ETA",
                    help="the paper's eta: how much of the network's predicted noise each step keeps, "
                         "c2 = sqrt(1-abar)*sqrt(1-ETA^2); 0 keeps all of it (plain DDIM), 1 none "
-                        f"(default {d.get('etw')})")
+                        "(default: the task's, see `fixedpoint-ir tasks`)")
     g.add_argument("--nw", type=float, metavar="W",
-                   help="weight of fresh random noise added at each step (default "
-                        f"{d.get('nw')}: none, as the reference code); c1 = sqrt(1-abar)*W")
+                   help="weight of fresh random noise added at each step, c1 = sqrt(1-abar)*W; 0 "
+                        "adds none, as the reference code (default: the task's)")
+    g.add_argument("--chain", choices=["ddnm", "ddrm", "diffpir"],
+                   help="update rule: ddnm (DeqIR's), ddrm (Kawar et al. 2022, eta 0.85, eta_b 1) or "
+                        "diffpir (Zhu et al. 2023, zeta 0.3) (default: the task's)")
+    g.add_argument("--t-max", type=_pos_int, metavar="T",
+                   help="start the chain around A†y at this training timestep instead of from pure "
+                        "noise (default: the task's, see `fixedpoint-ir tasks`; 1000: the whole schedule)")
     g.add_argument("--sigma-y", type=_nonneg_float, metavar="S",
                    help="observation noise std on the [-1, 1] scale (default: the config's or task's)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of x_T and the noises, 0 to 2**64-1 (default 0)")
@@ -133,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("input", metavar="INPUT", help="a clean image file (PNG, JPEG, …) to degrade")
     dg.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="observation image (PNG)")
     dg.add_argument("--task", help="the degradation (`fixedpoint-ir tasks`)")
+    dg.add_argument("--float", action="store_true",
+                    help="write the observation itself as a float32 array (OUTPUT .npy or .pt), exactly; "
+                         "without it the PNG picture is 8-bit and the exact y goes to OUTPUT.y.npy")
     dg.add_argument("--mask", metavar="PATH", help="inpainting mask image (white = observed)")
     dg.add_argument("--param", action="append", metavar="KEY=VALUE",
                     help="override a task parameter, e.g. --param missing=0.8 (repeatable)")

@@ -9,7 +9,7 @@ import torch
 
 from .common import (SIDECAR_FORMAT, CLIError, _Console, _check_output_folders, _check_outputs, _check_suffix,
                      _find, _parse_params)
-from .problems import _mask_path, _sidecar_path, image_from_observation
+from .problems import _exact_path, _mask_path, _sidecar_path, image_from_observation
 
 
 def cmd_degrade(args, console: _Console) -> int:
@@ -18,8 +18,15 @@ def cmd_degrade(args, console: _Console) -> int:
     from ..operators.masks import save_mask
     from ..operators.tasks import TASKS, make_operator
 
+    from ..images import FLOAT_SUFFIXES
+
     inp, out = Path(args.input), Path(args.output)
-    _check_suffix(out)
+    as_float = getattr(args, "float", False)
+    if as_float and out.suffix.lower() not in FLOAT_SUFFIXES:
+        raise CLIError(f"--float writes the observation as an array: give a {' or '.join(FLOAT_SUFFIXES)} "
+                       f"output, got {out}")
+    if not as_float:
+        _check_suffix(out)
     x, notes = read_image(inp)
     params = _parse_params(args.param)
     shape = tuple(x.shape[1:])
@@ -37,7 +44,8 @@ def cmd_degrade(args, console: _Console) -> int:
     op = make_operator(task, shape, sigma_y=args.sigma_y, **params)
     mask_op = _find(op, Mask)
     sidecar, mask_png = _sidecar_path(out), _mask_path(out)
-    outputs = [out, sidecar] + ([mask_png] if mask_op is not None else [])
+    exact = None if as_float else _exact_path(out)   # the float y next to the 8-bit picture
+    outputs = [out, sidecar] + ([mask_png] if mask_op is not None else []) + ([exact] if exact else [])
     _check_outputs(outputs, [inp] + ([Path(args.mask)] if args.mask else []), args.overwrite)
     _check_output_folders(outputs)
     sigma_y = float(op.task_config["sigma_y"])
@@ -48,7 +56,13 @@ def cmd_degrade(args, console: _Console) -> int:
                      "clamped (restore uses the clamped y)")
     for note in notes:
         console.note(f"{inp}: {note}")
-    write_image(picture, out, overwrite=args.overwrite)
+    from ..images import write_observation
+
+    if as_float:
+        write_observation(y, out, overwrite=args.overwrite)
+    else:
+        write_image(picture, out, overwrite=args.overwrite)
+        write_observation(y, exact, overwrite=args.overwrite)
     if mask_op is not None:
         from ..images import atomic_path
 
@@ -65,8 +79,11 @@ def cmd_degrade(args, console: _Console) -> int:
         "seed": args.seed,
         "mask": mask_png.name if mask_op is not None else None,
         "source": os.fspath(inp.resolve()),
-        "quantisation": "the observation is stored as an 8-bit image; restore enforces data "
-                        "consistency with that quantised y",
+        "exact_observation": exact.name if exact else None,
+        "quantisation": ("the observation is stored as float32 (exact)" if as_float else
+                         "the picture is 8-bit; restore reads the exact float32 y from "
+                         "exact_observation, or, without it, treats the 8-bit rounding as noise of "
+                         "standard deviation (2/255)/sqrt(12) on the [-1, 1] scale"),
     }
     from ..images import atomic_path
 

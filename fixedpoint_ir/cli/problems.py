@@ -71,6 +71,11 @@ def _mask_path(path: Path) -> Path:
     return path.with_name(path.name + ".mask.png")
 
 
+def _exact_path(path: Path) -> Path:
+    """Where ``degrade`` writes the exact float32 y next to an 8-bit observation picture."""
+    return path.with_name(path.name + ".y.npy")
+
+
 @dataclass
 class Problem:
     """One input's operator and observation."""
@@ -209,5 +214,22 @@ def _build_problem(input_path: Path, x: torch.Tensor, args, notes: list[str]) ->
         raise CLIError(f"give --task (one of: {', '.join(list_tasks())}), --mask, or --config")
     if args.sigma_y is not None:
         sigma_y = args.sigma_y
-    y = observation_from_image(x, op, shape, notes)
+    # --- float observations and 8-bit quantisation (issue 15) ---
+    from ..images import FLOAT_SUFFIXES, QUANTISATION_SIGMA_8BIT, read_observation
+
+    exact = config.get("exact_observation") if config_path is not None else None
+    if input_path.suffix.lower() in FLOAT_SUFFIXES:   # y itself, exactly
+        y = x
+        op.check_observation(y, shape, name=f"the observation in {input_path}")
+    elif exact and (config_path.parent / exact).exists():
+        y = read_observation(config_path.parent / exact)
+        op.check_observation(y, shape, name=f"the observation in {exact}")
+        notes.append(f"using the exact float observation {exact} (the picture is its 8-bit rounding)")
+    else:
+        y = observation_from_image(x, op, shape, notes)
+        if args.sigma_y is None:
+            # The file's rounding is noise the correction must not trust fully (DDNM+ / DDRM's σ_y);
+            # an explicit --sigma-y is taken as the whole noise level.
+            sigma_y = float((float(sigma_y or 0.0) ** 2 + QUANTISATION_SIGMA_8BIT ** 2) ** 0.5)
+    # --- end float observations ---
     return Problem(op, shape, y, float(sigma_y or 0.0), notes, os.fspath(input_path), warns)

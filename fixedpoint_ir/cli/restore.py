@@ -68,8 +68,10 @@ def cmd_restore(args, console: _Console) -> int:
     _check_output_folders(outputs + [c for c in compares if c is not None])
     # Read and check every input before the first (slow) restoration.
     problems = []
+    from ..images import FLOAT_SUFFIXES, read_observation
+
     for p in inputs:
-        x, notes = read_image(p)
+        x, notes = (read_observation(p), []) if p.suffix.lower() in FLOAT_SUFFIXES else read_image(p)
         problems.append(_build_problem(p, x, args, notes))
     prior = _load_prior(args, device, console)
     for problem, output, compare, gt_path in zip(problems, outputs, compares, gts):

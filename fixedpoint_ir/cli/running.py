@@ -47,7 +47,7 @@ def _make_sampler(prior, op, args, sigma_y: float, progress: bool):
         from ..solver import get_solver
 
         kwargs["solver"] = get_solver(args.solver)  # ValueError lists the known solvers
-    for name in ("steps", "etw", "nw"):
+    for name in ("steps", "etw", "nw", "chain", "t_max"):
         value = getattr(args, name, None)
         if value is not None:
             kwargs[name] = value
