@@ -104,15 +104,18 @@ def _save_png(fig, path: Path, limit: int = 300_000) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
-def figure(task: str, rows: list[dict], images: list[dict], path: Path) -> None:
-    """Rows = photos; columns = observation y, A†y, restored, ground truth; 1 image pixel = 1 figure pixel."""
+def figure(task: str, rows: list[dict], images: list[dict], path: Path, how: str = "parallel solve") -> None:
+    """Rows = photos; columns = observation y, A†y, restored, ground truth; one image pixel is a
+    whole number of figure pixels, at least 160 per panel so that the titles fit."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     cols = ["observation", "pinv", "restored", "ground_truth"]
     n = len(rows)
-    size = max(max(imgs["ground_truth"].shape[-2:]) for imgs in images)
+    native = max(max(imgs["ground_truth"].shape[-2:]) for imgs in images)
+    zoom = max(1, -(-160 // native))
+    size = native * zoom
     gap, title, top = 6, 14, 18
     width = len(cols) * size + (len(cols) + 1) * gap
     height = top + n * (title + size) + gap
@@ -121,11 +124,10 @@ def figure(task: str, rows: list[dict], images: list[dict], path: Path) -> None:
     for i, (row, imgs) in enumerate(zip(rows, images)):
         for j, key in enumerate(cols):
             img = imgs[key]
-            h, w = img.shape[-2:]
-            if key == "observation" and (h, w) != tuple(imgs["ground_truth"].shape[-2:]):
+            if key == "observation" and tuple(img.shape[-2:]) != tuple(imgs["ground_truth"].shape[-2:]):
                 img = torch.nn.functional.interpolate(img[None], size=imgs["ground_truth"].shape[-2:],
                                                       mode="nearest")[0]
-                h, w = img.shape[-2:]
+            h, w = img.shape[-2] * zoom, img.shape[-1] * zoom
             left = gap + j * (size + gap)
             bottom = height - top - (i + 1) * (title + size) + 0
             ax = fig.add_axes([left / width, bottom / height, w / width, h / height])
@@ -140,7 +142,7 @@ def figure(task: str, rows: list[dict], images: list[dict], path: Path) -> None:
                      "restored": f"restored {row['parallel']['psnr']:.1f} dB / {row['parallel']['ssim']:.3f}",
                      "ground_truth": "ground truth"}[key]
             ax.set_title(label, fontsize=7, pad=2)
-    fig.suptitle(f"{task} — shipped prior, T = {rows[0]['steps']}, parallel solve", fontsize=8,
+    fig.suptitle(f"{task} — shipped prior, T = {rows[0]['steps']}, {how}", fontsize=8,
                  y=1 - 4 / height, va="top")
     _save_png(fig, path)
 
@@ -273,6 +275,8 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true",
                    help="the chain / weight study behind the per-task defaults (benchmarks/quality_sweep.py)")
     args = p.parse_args(argv)
+    command = "python benchmarks/quality.py" + ("" if argv is None and len(sys.argv) == 1
+                                                else " " + " ".join(sys.argv[1:] if argv is None else argv))
     if args.sweep:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from quality_sweep import run as run_sweep
@@ -281,8 +285,6 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         write_report(run_sweep(args.out, log=lambda line: print(line, flush=True)), args.out, command)
         return 0
-    command = "python benchmarks/quality.py" + ("" if argv is None and len(sys.argv) == 1
-                                                else " " + " ".join(sys.argv[1:] if argv is None else argv))
     figures = args.out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     prior = Prior.default()
@@ -302,7 +304,8 @@ def main(argv=None) -> int:
                   f"({row['parallel']['rounds']} rounds, {row['parallel']['status']}) | "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
             (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=1) + "\n")
-        figure(task, task_rows, task_images, figures / f"{args.name}_{task}.png")
+        figure(task, task_rows, task_images, figures / f"{args.name}_{task}.png",
+                   "sequential chain" if args.sequential_only else "parallel solve")
     seconds = time.perf_counter() - started
     md = report(rows, args, seconds, command)
     (args.out / f"{args.name}.md").write_text(md)
