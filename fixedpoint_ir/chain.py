@@ -23,7 +23,7 @@ from .priors.base import Prior
 from .schedule import StepCoefficients
 from .surrogate import GaussianSurrogate, WhiteGaussian, as_surrogate
 
-__all__ = ["Chain", "Correction", "draw_noise", "affine_scan"]
+__all__ = ["Chain", "ClosedFormMap", "Correction", "draw_noise", "affine_scan"]
 
 
 def affine_scan(decay: Tensor, offset: Tensor) -> Tensor:
@@ -373,3 +373,23 @@ class Chain:
             x = self.step(j, x, e)
             out.append(x)
         return torch.stack(out)
+
+
+class ClosedFormMap:
+    """F through the closed form of Proposition 1; partial rows and the step-level interface of
+    structure-aware solvers (``step``, ``eps_at``, …) are the chain's own."""
+
+    def __init__(self, chain: Chain):
+        self.chain = chain
+        self.num_rows = chain.num_rows
+
+    def __call__(self, z: Tensor) -> Tensor:
+        e = self.chain.eps(z)
+        with self.chain.timed("replay"):
+            return self.chain.closed_form(e)
+
+    def rows(self, z: Tensor, start: int, stop: int) -> Tensor:
+        return self.chain.rows(z, start, stop)
+
+    def __getattr__(self, name):
+        return getattr(self.chain, name)

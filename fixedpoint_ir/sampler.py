@@ -11,7 +11,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .chain import Chain, draw_noise
+from .chain import Chain, ClosedFormMap, draw_noise
+from .chains.ddnm_plus import DDNMPlusChain
+from .checks import check_finite, check_observation, divergence_hint, warn_if_tf32
 from .cost import Choice
 from .memory import MemoryPlan, MemoryPlanError
 from .priors.base import Prior
@@ -53,36 +55,6 @@ class Result:
         if self.choice is not None:
             text += f"; {self.choice.describe()}"
         return text
-
-
-def _check_finite(x: Tensor, name: str) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf")
-
-
-TF32_TOL = 1e-2
-
-
-def warn_if_tf32(device: torch.device, tol: float) -> None:
-    """Warn when TF32 kernels would make the parallel answer differ from the sequential one.
-
-    TF32 rounds convolution and matrix-product inputs to 10 mantissa bits (~1e-3 relative): a
-    batch of T states and T single states then go through differently rounded kernels, and the
-    fixed point of F differs from the sequential chain by about that much, whatever the solver
-    (measured on an H100: Picard after all T rounds stayed above 1e-3 on 2 of 9 problems). Below
-    ``TF32_TOL`` the tolerance would promise more than the arithmetic gives.
-    """
-    if torch.device(device).type != "cuda" or not tol or tol >= TF32_TOL:
-        return
-    if torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32:
-        warnings.warn(
-            f"TF32 is enabled for CUDA convolutions or matrix products: batched and one-at-a-time "
-            f"network calls differ by ~1e-3, so the parallel result can differ from the sequential "
-            f"chain by more than tol={tol:g}. For agreement to tol, set "
-            "torch.backends.cudnn.allow_tf32 = False and torch.backends.cuda.matmul.allow_tf32 = False.",
-            RuntimeWarning, stacklevel=4)
 
 
 class Sampler:
@@ -236,8 +208,8 @@ class Sampler:
         if y is not None:
             if self.operator is None:
                 raise ValueError("y was given but the sampler has no operator")
-            _check_finite(y, "y")
-            y_image, shape = _check_observation(self.operator, y, x_T)
+            check_finite(y, "y")
+            y_image, shape = check_observation(self.operator, y, x_T)
             n = y.shape[0]
         elif self.operator is not None:
             raise ValueError("this sampler has an operator: pass the observation y (use sample() "
@@ -264,7 +236,7 @@ class Sampler:
                 x_T = self._start_state(x_T, y_image if x_init is None else x_init, coefficients,
                                         (n, *shape))
         else:
-            _check_finite(x_T, "x_T")
+            check_finite(x_T, "x_T")
             if x_T.dim() != 4 or tuple(x_T.shape) != (n, *shape):
                 raise ValueError(f"x_T must have shape {(n, *shape)}, got {tuple(x_T.shape)}")
         steps = coefficients.num_steps
@@ -292,7 +264,7 @@ class Sampler:
 
                 correction = make_correction(operator, y, self.sigma_y, coefficients)
                 projector = None
-                chain = _DDNMPlusChain(self.prior, coefficients, x_T, noise, correction, projector,
+                chain = DDNMPlusChain(self.prior, coefficients, x_T, noise, correction, projector,
                                        self.surrogate)
                 chain.noise_scaling = make_noise_scaling(operator, self.sigma_y, coefficients)
                 return chain
@@ -311,7 +283,7 @@ class Sampler:
     def _start_state(eps: Tensor, x_init: Tensor, coefficients: StepCoefficients,
                      shape: tuple[int, ...]) -> Tensor:
         """x_t = √ᾱ_t x_init + √(1−ᾱ_t) ε at the first timestep of ``coefficients``."""
-        _check_finite(x_init, "x_init")
+        check_finite(x_init, "x_init")
         if tuple(x_init.shape) != tuple(shape):
             raise ValueError(f"x_init must have shape {tuple(shape)}, got {tuple(x_init.shape)}")
         a = float(coefficients.a[0])
@@ -419,14 +391,14 @@ class Sampler:
         """F as a callable on z (closed form or replay), exposing ``rows`` for structured solvers."""
         if not self.closed_form:
             return chain
-        return _ClosedFormMap(chain)
+        return ClosedFormMap(chain)
 
     def _solve(self, chain: Chain, y: Tensor | None, init: Tensor | None,
                callback: Callable[[RoundInfo], None] | None) -> Result:
         if init is None:
             z0 = self.initial_states(chain, y)
         else:
-            _check_finite(init, "init")
+            check_finite(init, "init")
             if tuple(init.shape) != chain.state_shape:
                 raise ValueError(f"init must have shape {chain.state_shape}, got {tuple(init.shape)}")
             z0 = init.to(chain.x_T.dtype)
@@ -461,7 +433,7 @@ class Sampler:
             raise SolverDivergedError(
                 f"{type(self.solver).__name__} diverged after {report.rounds} rounds "
                 f"(residuals {', '.join(f'{r:.3g}' for r in report.residuals[-3:])}); "
-                + _divergence_hint(self.solver, report), report)
+                + divergence_hint(self.solver, report), report)
         if report.status is Status.MAX_ROUNDS:
             last = report.residuals[-1] if report.residuals else math.nan
             warnings.warn(f"{type(self.solver).__name__} stopped after {report.rounds} rounds without "
@@ -504,81 +476,3 @@ class _RoundTimes:
             callback(info)
             self._last = (time.perf_counter(), dict(getattr(self.chain, "timings", {})))
         return on_round
-
-
-def _divergence_hint(solver: FixedPointSolver, report: SolverReport) -> str:
-    """What can help after a divergence: another solver only when the map itself is finite."""
-    finite = all(math.isfinite(r) for r in report.residuals)
-    if not finite or type(solver).__name__ in ("Picard", "Triangular"):
-        # Picard only replays the chain: a NaN or an explosion there comes from the prior itself.
-        return ("the prior returned NaN/Inf or exploding values on these inputs: check it with "
-                "Sampler.sequential on the same y (float32, an image size the prior was trained "
-                "for); no other solver can fix a non-finite map")
-    return "try solver='picard' or 'triangular', which are exact after T rounds"
-
-
-def _recorded_image_shape(operator) -> tuple[int, ...] | None:
-    config = getattr(operator, "task_config", None)
-    shape = config.get("image_shape") if isinstance(config, dict) else None
-    shape = shape if shape is not None else getattr(operator, "image_shape", None)
-    return tuple(int(s) for s in shape) if shape is not None else None
-
-
-def _check_observation(operator, y: Tensor, x_T: Tensor | None) -> tuple[Tensor, tuple[int, ...]]:
-    """A†y and the image shape, after checking y against the operator (argument named, shape expected)."""
-    recorded = tuple(x_T.shape[1:]) if isinstance(x_T, Tensor) else _recorded_image_shape(operator)
-    name = type(operator).__name__
-    if recorded is not None:
-        expected = tuple(operator.y_shape(recorded))
-        if y.dim() != len(expected) + 1 or tuple(y.shape[1:]) != expected:
-            axes = ", ".join(map(str, expected))
-            raise ValueError(f"y must have shape (N, {axes}) (a batch of observations of the {name} "
-                             f"operator for {'x'.join(map(str, recorded))} images), got {tuple(y.shape)}"
-                             + ("; add the batch axis with y[None]" if tuple(y.shape) == expected else ""))
-    elif y.dim() < 2:
-        raise ValueError(f"y must have a leading batch axis (N, ...), got shape {tuple(y.shape)}")
-    try:
-        y_image = operator.A_pinv(y)
-    except Exception as err:   # einops / shape errors deep inside the operator
-        raise ValueError(f"y of shape {tuple(y.shape)} does not fit the {name} operator (expected a batch "
-                         f"(N, C, h, w) of its observations): {type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[0]}") from None
-    shape = recorded if recorded is not None else tuple(y_image.shape[1:])
-    operator.check_observation(y, shape)
-    return y_image, shape
-
-
-class _DDNMPlusChain(Chain):
-    """The chain for σ_y > 0 (DDNM+): the x0 correction is the damped one (``correction``) and
-    the step's noise term c2·e + c1·ξ is rescaled in the range space by ``noise_scaling(v, j)``
-    (:meth:`~fixedpoint_ir.operators.Operator.noisy_noise_scaling`). Still strictly lower
-    triangular, so the parallel solve reaches the same sequential answer."""
-
-    noise_scaling: Callable[[Tensor, int], Tensor]
-
-    def step(self, j: int, x: Tensor, e: Tensor) -> Tensor:
-        x0 = self.correction((x - self._sqrt_1ma[j] * e) / self._sqrt_a[j], j)
-        w = self._c2[j] * e
-        if self._c1[j]:
-            w = w + self._c1[j] * self.noise[j]
-        return self._sqrt_b[j] * x0 + self.noise_scaling(w, j)
-
-
-class _ClosedFormMap:
-    """F through the closed form of Proposition 1; partial rows and the step-level interface of
-    structure-aware solvers (``step``, ``eps_at``, …) are the chain's own."""
-
-    def __init__(self, chain: Chain):
-        self.chain = chain
-        self.num_rows = chain.num_rows
-
-    def __call__(self, z: Tensor) -> Tensor:
-        e = self.chain.eps(z)
-        with self.chain.timed("replay"):
-            return self.chain.closed_form(e)
-
-    def rows(self, z: Tensor, start: int, stop: int) -> Tensor:
-        return self.chain.rows(z, start, stop)
-
-    def __getattr__(self, name):
-        return getattr(self.chain, name)
