@@ -30,52 +30,9 @@ import torch
 from torch import Tensor
 
 from ..chain import Chain
+from .spectral import SpectralChoice, check_spectral_operator, check_unit
 
 __all__ = ["DDRM", "DDRMChain", "ddrm_weights", "check_spectral_operator"]
-
-
-def _check_unit(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True)
-class DDRM:
-    """DDRM's parameters: ``eta`` (η, stochasticity; the paper's 0.85) and ``eta_b`` (η_b, weight
-    of the observation in the well-determined directions; the paper's 1.0)."""
-
-    eta: float = 0.85
-    eta_b: float = 1.0
-    name = "ddrm"
-
-    def __post_init__(self):
-        _check_unit(self.eta, "eta")
-        _check_unit(self.eta_b, "eta_b")
-
-    @staticmethod
-    def check_operator(operator, sigma_y: float) -> None:
-        """DDRM needs P = A†A (σ_y = 0) or the singular values of A (σ_y > 0)."""
-        check_spectral_operator("ddrm", operator, sigma_y)
-
-    def build(self, prior, coefficients, x_T, noise, operator, y, sigma_y, surrogate) -> "DDRMChain":
-        return DDRMChain(prior, coefficients, x_T, noise, operator, y, sigma_y=sigma_y, eta=self.eta,
-                         eta_b=self.eta_b, surrogate=surrogate)
-
-
-def check_spectral_operator(chain: str, operator, sigma_y: float) -> None:
-    """A chain that filters in the SVD basis needs P = A†A (σ_y = 0) or the singular values of A
-    (σ_y > 0); ``ValueError`` naming what the operator lacks otherwise."""
-    if operator is None:
-        raise ValueError(f"chain={chain!r} needs an operator (use the default chain 'ddnm' for "
-                         "unconditional sampling)")
-    if not getattr(operator, "is_projector", False):
-        raise ValueError(f"chain={chain!r} needs an operator whose A†A is an orthogonal projector; "
-                         f"{type(operator).__name__} does not declare one (is_projector=False)")
-    if sigma_y > 0 and not operator.has_spectrum:
-        raise ValueError(f"chain={chain!r} with sigma_y > 0 needs the singular values of A; "
-                         f"{type(operator).__name__} does not expose them (no filtered_pinv / "
-                         "singular_value): use sigma_y=0 or chain='ddnm'")
 
 
 def ddrm_weights(s: Tensor, sigma: float, sigma_y: float, eta: float, eta_b: float) -> tuple[Tensor, Tensor]:
@@ -121,3 +78,18 @@ class DDRMChain(Chain):
                  + op.filtered_pinv(y - op.A(x0), lambda s: weights(s)[0])
                  + op.filtered_pinv(op.A(xi), lambda s: weights(s)[1]))
         return self._sqrt_b[j] * x_bar
+
+
+@dataclass(frozen=True)
+class DDRM(SpectralChoice):
+    """DDRM's parameters: ``eta`` (η, stochasticity; the paper's 0.85) and ``eta_b`` (η_b, weight
+    of the observation in the well-determined directions; the paper's 1.0)."""
+
+    eta: float = 0.85
+    eta_b: float = 1.0
+    name = "ddrm"
+    chain_class = DDRMChain
+
+    def __post_init__(self):
+        check_unit(self.eta, "eta")
+        check_unit(self.eta_b, "eta_b")

@@ -22,35 +22,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..chain import Chain
-from .ddrm import check_spectral_operator
+from .spectral import SpectralChoice, check_unit
 
 __all__ = ["DiffPIR", "DiffPIRChain", "proximal_weights"]
-
-
-@dataclass(frozen=True)
-class DiffPIR:
-    """DiffPIR's parameters: ``zeta`` (ζ, share of fresh noise in the re-noising) and ``lam``
-    (λ, strength of the prior in the proximal step; only matters when σ_y > 0)."""
-
-    zeta: float = 0.3
-    lam: float = 1.0
-    name = "diffpir"
-
-    def __post_init__(self):
-        if isinstance(self.zeta, bool) or not isinstance(self.zeta, (int, float)) or not 0 <= self.zeta <= 1:
-            raise ValueError(f"zeta must be a number in [0, 1], got {self.zeta!r}")
-        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) \
-                or not math.isfinite(self.lam) or self.lam < 0:
-            raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
-
-    @staticmethod
-    def check_operator(operator, sigma_y: float) -> None:
-        """The proximal step needs P = A†A (σ_y = 0) or the singular values of A (σ_y > 0)."""
-        check_spectral_operator("diffpir", operator, sigma_y)
-
-    def build(self, prior, coefficients, x_T, noise, operator, y, sigma_y, surrogate) -> "DiffPIRChain":
-        return DiffPIRChain(prior, coefficients, x_T, noise, operator, y, sigma_y=sigma_y, zeta=self.zeta,
-                            lam=self.lam, surrogate=surrogate)
 
 
 def proximal_weights(rho: float):
@@ -86,3 +60,20 @@ class DiffPIRChain(Chain):
         if self._fresh[j]:
             x_next = x_next + self._fresh[j] * self.noise[j]
         return x_next
+
+
+@dataclass(frozen=True)
+class DiffPIR(SpectralChoice):
+    """DiffPIR's parameters: ``zeta`` (ζ, share of fresh noise in the re-noising) and ``lam``
+    (λ, strength of the prior in the proximal step; only matters when σ_y > 0)."""
+
+    zeta: float = 0.3
+    lam: float = 1.0
+    name = "diffpir"
+    chain_class = DiffPIRChain
+
+    def __post_init__(self):
+        check_unit(self.zeta, "zeta")
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) \
+                or not math.isfinite(self.lam) or self.lam < 0:
+            raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
