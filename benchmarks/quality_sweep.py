@@ -7,6 +7,10 @@ Stage 2 — the best setting per task (and today's defaults) at T = 50 and 100, 
 (scale 0.5). Stage 3 — rounds of the default solver (``Sampler``'s, triangular) for today's
 defaults and the chosen ones at T = 20, 64×64. Writes ``quality_sweep.md`` / ``.json`` and
 ``figures/quality_sweep.png``.
+
+The rounds each setting costs are studied in ``benchmarks/quality_rounds.py``, which picked the
+registry's defaults; ``python benchmarks/quality_sweep.py --defaults`` measures those defaults at
+T = 20, 50 and 100 (``quality_defaults.md``).
 """
 from __future__ import annotations
 
@@ -238,52 +242,49 @@ def write_report(results: dict, out: Path, command: str) -> None:
     (out / "quality_sweep.md").write_text("\n".join(lines))
 
 
-def rounds_of_defaults(out: Path, log=print) -> None:
-    """Rounds of the default solver (the Sampler's) for today's defaults and the task registry's,
-    T = 20, 64×64, with PSNR of the parallel result: ``quality_rounds.md`` / ``.json``."""
-    from fixedpoint_ir import Prior, Sampler
-    from fixedpoint_ir.metrics import psnr
+def defaults_at_steps(out: Path, log=print) -> None:
+    """The task registry's sampling defaults and today's (etw = 0.1, nw = 0) at T = 20, 50 and 100,
+    64×64, sequential, next to DDRM's numbers: ``quality_defaults.md`` / ``.json``."""
+    from fixedpoint_ir import Prior
     from fixedpoint_ir.operators.tasks import TASKS as REGISTRY
 
     torch.set_num_threads(1)
     prior = Prior.default()
     cases = _cases(64, 0.25)
-    rows, started = [], time.perf_counter()
+    started = time.perf_counter()
+    rows = {}
     for task in TASKS:
-        for label, kw in (("today: etw=0.1 nw=0", dict(etw=0.1, nw=0.0)),
-                          (f"task default: {REGISTRY[task].sampling}", dict(REGISTRY[task].sampling))):
-            for (t, photo), (gt, op, y) in cases.items():
-                if t != task:
-                    continue
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    r = Sampler(prior, op, steps=20, **kw).restore(y, generator=torch.Generator().manual_seed(0))
-                rows.append({"task": task, "setting": label, "photo": photo, "rounds": r.rounds, "nfe": r.nfe,
-                             "status": r.status.value, "psnr": psnr(r.image[0], gt[0])})
-                log(f"{rows[-1]} ({time.perf_counter() - started:.0f} s)")
-                (out / "quality_rounds.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["# Rounds of the default solver: today's defaults and the per-task ones", "",
-             f"Command: `python benchmarks/quality_sweep.py --rounds` on this 2-core CPU (shared with other "
-             f"jobs, load average ~10, 1 thread), {(time.perf_counter() - started) / 60:.1f} min. Shipped prior, "
-             "64×64 hold-out crops (scale 0.25), T = 20, seed 0, σ_y = 0, the Sampler's default solver "
-             "(triangular, tol 1e-3). PSNR of the parallel result, mean of the three photos.", "",
-             "| task | setting | rounds (astronaut, flower, grace_hopper) | mean rounds | NFEs per image | PSNR |",
-             "|---|---|---|---:|---:|---:|"]
-    for task in TASKS:
-        for label in dict.fromkeys(r["setting"] for r in rows if r["task"] == task):
-            rs = [r for r in rows if r["task"] == task and r["setting"] == label]
-            lines.append(f"| {task} | {label} | {[r['rounds'] for r in rs]} | "
-                         f"{sum(r['rounds'] for r in rs) / len(rs):.1f} | {sum(r['nfe'] for r in rs) / len(rs):.0f} | "
-                         f"{sum(r['psnr'] for r in rs) / len(rs):.2f} |")
-    (out / "quality_rounds.md").write_text("\n".join(lines) + "\n")
+        default = REGISTRY[task].sampling
+        for label, setting in (("today", dict(etw=0.1, nw=0.0)), ("task default", dict(default))):
+            for steps in (20, 50, 100):
+                kw = dict(setting)
+                if kw.get("t_max") is not None:
+                    kw["t_max"] = max(kw["t_max"], steps)     # as the Sampler does for a task's start
+                r = evaluate(prior, cases, task, kw, steps)
+                rows.setdefault(task, {}).setdefault(label, {"setting": setting})[steps] = r
+                log(f"{task:15s} {label:13s} T={steps:3d} {r['psnr']:.2f} dB ({time.perf_counter() - started:.0f} s)")
+    (out / "quality_defaults.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["# The task defaults at T = 20, 50 and 100", "",
+             "Command: `python benchmarks/quality_sweep.py --defaults` on this 2-core CPU (1 thread), "
+             f"{(time.perf_counter() - started) / 60:.1f} min. Shipped prior, 64×64 hold-out crops (scale 0.25), "
+             "seed 0, σ_y = 0, sequential sampler; mean PSNR (dB) / SSIM over astronaut, flower, grace_hopper. "
+             "DDRM: DeepInverse's DDRM around the same ε-network, from issue #15 (not re-run here).", "",
+             "| task | setting | T = 20 | T = 50 | T = 100 | DDRM 20 | DDRM 100 |", "|---|---|---:|---:|---:|---:|---:|"]
+    for task, per in rows.items():
+        for label, r in per.items():
+            setting = " ".join(f"{k}={v:g}" for k, v in r["setting"].items())
+            lines.append(f"| {task} | {label}: {setting} | "
+                         + " | ".join(f"{r[s]['psnr']:.2f} / {r[s]['ssim']:.3f}" for s in (20, 50, 100))
+                         + f" | {DDRM_REFERENCE[task][0]:.2f} | {DDRM_REFERENCE[task][1]:.2f} |")
+    (out / "quality_defaults.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
     import sys
 
     here = Path(__file__).resolve().parent / "results"
-    if "--rounds" in sys.argv:
-        rounds_of_defaults(here)
+    if "--defaults" in sys.argv:
+        defaults_at_steps(here, log=lambda line: print(line, flush=True))
         sys.exit(0)
     write_report(json.loads((here / "quality_sweep.json").read_text()), here,
                  "python benchmarks/quality.py --sweep")

@@ -39,3 +39,34 @@ def test_convergence_benchmark_meets_the_round_targets_on_the_analytic_problems(
     traces = json.loads((tmp_path / "convergence_analytic.json").read_text())["problems"]
     assert len(traces) == 6 and all(len(run["errors"]) == run["rounds"] for p in traces.values()
                                     for run in p.values())
+
+
+@pytest.fixture()
+def quality_rounds(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import quality_rounds
+
+    yield quality_rounds
+    sys.modules.pop("quality_rounds", None)
+
+
+def test_quality_rounds_choice_respects_the_round_budget(quality_rounds):
+    today = dict(quality_rounds.TODAY)
+    row = lambda setting, rounds, psnr, ok=True: dict(setting=setting, mean_rounds=rounds, psnr=psnr,  # noqa: E731
+                                                      all_converged=ok)
+    rows = [row(today, 8.0, 16.0), row({"etw": 1.0}, 10.0, 18.0), row({"etw": 0.9}, 10.1, 19.0),
+            row({"etw": 0.8}, 9.0, 18.5, ok=False)]
+    assert quality_rounds.choose(rows)["setting"] == {"etw": 1.0}       # 10.1 > 8 + 2; 18.5 unconverged
+    assert quality_rounds.choose(rows[1:]) is None                       # no baseline, no choice
+
+
+def test_task_defaults_are_the_committed_quality_rounds_choice(quality_rounds):
+    """The registry's sampling defaults are what benchmarks/quality_rounds.py picks from its
+    committed measurements (re-measure before changing either)."""
+    from fixedpoint_ir.operators.tasks import TASKS
+
+    entries = json.loads((BENCHMARKS / "results" / "quality_rounds.json").read_text())
+    table = quality_rounds.summarise(entries)
+    assert set(table) == set(quality_rounds.CANDIDATES)
+    for task, rows in table.items():
+        assert quality_rounds.choose(rows)["setting"] == TASKS[task].sampling, task
