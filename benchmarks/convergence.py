@@ -183,13 +183,14 @@ def run_config(prior, operator, y, steps, config, seed, reference):
     return out
 
 
-def newton_reference(prior, operator, y, steps, seed, reference, max_rounds=10):
+def newton_reference(prior, operator, y, steps, seed, reference, max_rounds=10, sampling=None):
     """Newton's method on the whole trajectory with the network's exact Jacobian: per round, one
     batched evaluation at the current inputs, then the chain replayed with e_j linearised exactly
-    (e_j(x) ≈ E_j + J_j (x − U_j), one JVP per row, sequential). Starts from the surrogate."""
+    (e_j(x) ≈ E_j + J_j (x − U_j), one JVP per row, sequential). Starts from the surrogate.
+    ``sampling``: the Sampler's chain settings (default etw = 0.1, nw = 0, this benchmark's)."""
     from torch.autograd.functional import jvp
 
-    sampler = Sampler(prior, operator, "picard", steps=steps, etw=0.1, nw=0.0)
+    sampler = Sampler(prior, operator, "picard", steps=steps, **(sampling or dict(etw=0.1, nw=0.0)))
     chain = sampler.chain(y, generator=seeded(seed, y.device))
     out, jvps = Outcome(), 0
     z = chain.surrogate_trajectory()

@@ -23,7 +23,8 @@ import torch
 from .memory import input_scale, inputs_per_image, measure_input_bytes, probe_shape
 
 __all__ = ["BatchCost", "Choice", "enable_disk_cache", "measure_batch_cost", "expected_rows", "predict_parallel",
-           "predict_sequential", "choose", "TRIANGULAR_WORK"]
+           "predict_sequential", "choose", "record_sequential_call", "recorded_sequential_call",
+           "TRIANGULAR_WORK"]
 
 #: Default triangular solver (secant, surrogate init, estimate stopping rule, window 24):
 #: (T, rounds / T, network evaluations per image / T), medians of ``benchmarks/convergence.py
@@ -102,31 +103,71 @@ def _disk_cache() -> Path | None:
     return None if _DISK_DIR is None else _DISK_DIR / "batch_cost.json"
 
 
-def _load_disk(key: str) -> BatchCost | None:
+def _load_disk(key: str) -> dict | None:
     path = _disk_cache()
     if path is None or not path.is_file():
         return None
     try:
         entry = json.loads(path.read_text()).get(key)
-        return None if entry is None else BatchCost(tuple(entry["batches"]), tuple(entry["seconds"]),
-                                                    float(entry["input_bytes"]), tuple(entry["shape"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        return entry if isinstance(entry, dict) else None
+    except (OSError, ValueError):
         return None   # a broken cache is re-measured, never fatal
 
 
-def _store_disk(key: str, cost: BatchCost) -> None:
+def _store_disk(key: str, entry: dict) -> None:
     path = _disk_cache()
     if path is None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = json.loads(path.read_text()) if path.is_file() else {}
-        data[key] = asdict(cost)
+        data[key] = entry
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(path)
     except (OSError, ValueError):
         pass
+
+
+def _batch_cost(entry: dict | None) -> BatchCost | None:
+    if entry is None:
+        return None
+    try:
+        return BatchCost(tuple(entry["batches"]), tuple(entry["seconds"]), float(entry["input_bytes"]),
+                         tuple(entry["shape"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+_CALLS: dict[str, float] = {}
+
+
+def _call_key(prior, image_shape, images: int, dtype, device) -> str:
+    return f"{_cache_key(prior, image_shape, dtype, device)}|sequential call on {images}"
+
+
+def record_sequential_call(prior, image_shape: tuple[int, int, int], images: int, seconds: float, *,
+                           dtype=torch.float32, device="cpu") -> None:
+    """Remember what one network call on ``images`` full-size images took in a sequential run
+    (cached like the batch costs). :func:`choose` calibrates its probe-based predictions with it:
+    a 64×64 probe scaled by pixels overestimated a 400×600 photo by 87 % on this CPU."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        return
+    key = _call_key(prior, image_shape, images, dtype, device)
+    _CALLS[key] = float(seconds)
+    _store_disk(key, {"seconds": float(seconds)})
+
+
+def recorded_sequential_call(prior, image_shape, images: int, *, dtype=torch.float32, device="cpu") -> float | None:
+    """The seconds :func:`record_sequential_call` kept for this prior, shape, batch, dtype and device."""
+    key = _call_key(prior, image_shape, images, dtype, device)
+    if key not in _CALLS:
+        entry = _load_disk(key)
+        seconds = None if entry is None else entry.get("seconds")
+        if not isinstance(seconds, (int, float)) or not seconds > 0:
+            return None
+        _CALLS[key] = float(seconds)
+    return _CALLS[key]
 
 
 def measure_batch_cost(prior, shape: tuple[int, int, int], *, dtype=torch.float32, device="cpu",
@@ -141,7 +182,7 @@ def measure_batch_cost(prior, shape: tuple[int, int, int], *, dtype=torch.float3
     key = _cache_key(prior, shape, dtype, device)
     if key in _CACHE:
         return _CACHE[key]
-    cached = _load_disk(key)
+    cached = _batch_cost(_load_disk(key))
     if cached is not None:
         _CACHE[key] = cached
         return cached
@@ -176,7 +217,7 @@ def measure_batch_cost(prior, shape: tuple[int, int, int], *, dtype=torch.float3
         prior.max_batch = saved
     cost = BatchCost(tuple(batches), tuple(seconds), input_bytes, tuple(shape))
     _CACHE[key] = cost
-    _store_disk(key, cost)
+    _store_disk(key, asdict(cost))
     return cost
 
 
@@ -258,7 +299,9 @@ def choose(prior, solver, *, steps: int, images: int, image_shape: tuple[int, in
 
     Fully convolutional priors on a large image are first measured at a 64×64 probe: batches
     only get relatively dearer as inputs grow, so if the probe already says sequential that is
-    the answer; otherwise the image's own size is measured. ``max_inputs``, the memory plan's
+    the answer; otherwise the image's own size is measured. A probe-based prediction is scaled
+    by what the last sequential run at this size measured per call (:func:`record_sequential_call`;
+    ``Sampler`` records every sequential run), when there was one. ``max_inputs``, the memory plan's
     chunk (network inputs per call), caps the batches measured at that size and splits the
     predicted calls. ``measure`` is injectable (tests use fake cost curves).
     """
@@ -291,5 +334,11 @@ def choose(prior, solver, *, steps: int, images: int, image_shape: tuple[int, in
     batch = cost(rows[0] * images * scale) / cost(images * scale)
     why = (f"a batch of {rows[0]} states costs {batch:.1f}x one, {len(rows)} rounds and "
            f"{sum(rows)} evaluations expected vs {steps}")
+    full_call = recorded_sequential_call(prior, image_shape, images, dtype=dtype, device=device) \
+        if tuple(cost.shape) != tuple(image_shape) else None
+    if full_call is not None:   # the probe scaled by pixels, calibrated by a full-size run
+        factor = full_call / _call(cost, images * scale, chunk)
+        parallel, sequential = parallel * factor, sequential * factor
+        where += f", calibrated by a sequential run at {image_shape[1]}x{image_shape[2]} (x{factor:.2f})"
     mode = "parallel" if parallel < sequential else "sequential"
     return Choice(mode, parallel, sequential, why, where)

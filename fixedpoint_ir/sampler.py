@@ -384,6 +384,12 @@ class Sampler:
                 f"the sequential chain produced NaN/Inf from step {bad[0]} of {chain.num_rows} on "
                 "(the prior returned non-finite values): no image is returned. Check the prior on "
                 "inputs of this size and dtype (float16/bfloat16 can overflow; try float32).", report)
+        if chain.num_rows:   # calibrates solver="auto"'s next prediction at this size (cost.py)
+            from .cost import record_sequential_call
+
+            record_sequential_call(self.prior, tuple(chain.x_T.shape[1:]), chain.x_T.shape[0],
+                                   chain.timings["network"] / chain.num_rows, dtype=chain.x_T.dtype,
+                                   device=chain.x_T.device)
         return Result(states[-1], states, chain.num_rows, chain.nfe, seconds, Status.CONVERGED,
                       memory=plan)
 

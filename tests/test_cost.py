@@ -192,3 +192,33 @@ def test_a_phone_photo_with_the_shipped_prior_is_refused_up_front(monkeypatch):
     with pytest.raises(MemoryPlanError, match="3000x4000"):
         Sampler(prior, AveragePool(4), "auto").restore(y)
     assert all(shape[-2:] == (64, 64) for shape in seen)   # only the small memory probe ran
+
+
+def test_a_sequential_run_calibrates_the_probe_based_prediction(monkeypatch):
+    """A large image is timed at a 64×64 probe and scaled by pixels; once a sequential run at the
+    image's size has been recorded, both predictions are rescaled by what it measured per call."""
+    monkeypatch.setattr(cost_module, "_CALLS", {})
+    prior = GaussianMixturePrior(0.5, 0.05)
+    shape = (3, 128, 128)                          # 4 probe-sized inputs per image
+    before = choose(prior, Triangular(), steps=20, images=1, image_shape=shape, measure=_curve(1.0))
+    assert before.mode == "sequential" and before.sequential_s == pytest.approx(20 * (1 + 4))
+    assert "calibrated" not in before.measured_at
+    cost_module.record_sequential_call(prior, shape, 1, 2.5)
+    after = choose(prior, Triangular(), steps=20, images=1, image_shape=shape, measure=_curve(1.0))
+    assert after.sequential_s == pytest.approx(20 * 2.5)
+    assert after.parallel_s == pytest.approx(before.parallel_s * 2.5 / 5)
+    assert "calibrated by a sequential run at 128x128" in after.measured_at
+    small = choose(prior, Triangular(), steps=20, images=1, image_shape=(3, 16, 16), measure=_curve(1.0))
+    assert "calibrated" not in small.measured_at   # measured at its own size: nothing to calibrate
+
+
+def test_sampler_records_its_sequential_runs(monkeypatch):
+    monkeypatch.setattr(cost_module, "_CALLS", {})
+    prior, op = CountingPrior(0.5, 0.05), AveragePool(2)
+    y = op.A(torch.rand(2, 3, 8, 8) * 2 - 1)
+    assert cost_module.recorded_sequential_call(prior, (3, 8, 8), 2) is None
+    Sampler(prior, op, steps=5).sequential(y, generator=torch.Generator().manual_seed(0))
+    seconds = cost_module.recorded_sequential_call(prior, (3, 8, 8), 2)
+    assert seconds is not None and 0 < seconds < 10
+    cost_module.record_sequential_call(prior, (3, 8, 8), 2, math.nan)      # ignored, never stored
+    assert cost_module.recorded_sequential_call(prior, (3, 8, 8), 2) == seconds
