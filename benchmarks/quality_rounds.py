@@ -11,11 +11,11 @@ Shipped prior, 64×64 hold-out crops (scale 0.25), T = 20, seed 0, σ_y = 0, `Sa
 solver (triangular, tol 1e-3). Writes ``quality_rounds.json`` (one entry per task, setting and
 photo; a re-run resumes) and ``quality_rounds.md``.
 
-    python benchmarks/quality_rounds.py                      # every task (≈ 25 min, 1 thread)
+    python benchmarks/quality_rounds.py                      # every task (≈ 45 min, 1 thread)
     python benchmarks/quality_rounds.py --tasks sr4 deblur_gauss &   # two processes share the file
     python benchmarks/quality_rounds.py --tasks inpaint_random colorize
     python benchmarks/quality_rounds.py --report             # the table from the saved entries
-    python benchmarks/quality_rounds.py --newton             # exact-Jacobian Newton per setting
+    python benchmarks/quality_rounds.py --newton --tasks sr4 # exact-Jacobian Newton per setting
 """
 from __future__ import annotations
 
@@ -57,8 +57,17 @@ SECOND_WAVE = {"sr4": [(s, t) for s in (0.9, 0.95, 1.0) for t in (600, 800)] + [
                "inpaint_random": [(s, t) for s in (0.75, 0.8) for t in (400, 500, 600)]}
 
 
-CANDIDATES = _candidates()
-PARAMS = {"sr4": {}, "deblur_gauss": {}, "inpaint_random": {"missing": 0.8}, "colorize": {}}
+# The registry's other tasks with a noiseless observation (their default parameters), on a
+# smaller grid around what the four studied tasks chose: fresh-noise weights 0.75 / 0.85 / 1 with
+# starts at t_max 250 / 500 or from pure noise.
+SIBLINGS = ("sr2", "sr4_bicubic", "deblur_aniso", "deblur_motion", "inpaint_box", "inpaint_stripes",
+            "inpaint_text", "old_photo")
+SIBLING_GRID = [dict(TODAY)] + [{k: v for k, v in {"etw": s, "nw": s, "t_max": t}.items() if v is not None}
+                                for s in (0.75, 0.85, 1.0) for t in (250, 500, None)]
+
+CANDIDATES = {**_candidates(), **{task: list(SIBLING_GRID) for task in SIBLINGS}}
+PARAMS = {"sr4": {}, "deblur_gauss": {}, "inpaint_random": {"missing": 0.8}, "colorize": {},
+          **{task: {} for task in SIBLINGS}}
 
 
 def label(setting: dict) -> str:
@@ -166,10 +175,12 @@ def plot(table: dict[str, list[dict]], where: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 3.4), dpi=90)
+    columns = 4
+    lines_of_plots = -(-len(table) // columns)
+    fig = Figure(figsize=(12, 3.2 * lines_of_plots), dpi=90)
     FigureCanvasAgg(fig)
     for k, (task, rows) in enumerate(table.items()):
-        ax = fig.add_subplot(1, len(table), k + 1)
+        ax = fig.add_subplot(lines_of_plots, columns, k + 1)
         best = choose(rows)
         today = next((r for r in rows if r["setting"] == TODAY), None)
         ax.scatter([r["mean_rounds"] for r in rows], [r["psnr"] for r in rows], s=14, color="tab:blue",
@@ -182,7 +193,7 @@ def plot(table: dict[str, list[dict]], where: Path) -> None:
                        label=f"chosen: {label(best['setting'])}")
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("mean rounds of the default solver, T = 20", fontsize=8)
-        ax.set_ylabel("mean PSNR (dB)" if k == 0 else "", fontsize=8)
+        ax.set_ylabel("mean PSNR (dB)" if k % columns == 0 else "", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="lower right")
     fig.suptitle("Quality against rounds, shipped prior, 64×64 hold-out crops", fontsize=9)
@@ -207,7 +218,8 @@ def newton(path: Path, tasks: list[str], photo: str = "astronaut", max_rounds: i
     prior = Prior.default()
     table = summarise(json.loads(path.read_text()))
     lines = ["# Newton with the exact network Jacobian, per sampling setting", "",
-             f"Command: `python benchmarks/quality_rounds.py --newton` on this 2-core CPU (1 thread). Shipped "
+             f"Command: `python benchmarks/quality_rounds.py --newton --tasks {' '.join(tasks)}` on this "
+             "2-core CPU (1 thread). Shipped "
              f"prior, {photo} 64×64 crop (scale 0.25), T = 20, seed 0, σ_y = 0. Relative max-abs error of the "
              "last row against the sequential chain after each Newton round (one batched network call and "
              "T sequential JVPs per round), from the surrogate start; rounds to 1e-3.", "",
