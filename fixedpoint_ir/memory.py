@@ -31,7 +31,8 @@ ACTIVATION_SLACK = 1.25
 # sequential chain keeps its trajectory, its stacked copy and the noises; the triangular solver
 # z, its inputs, evaluation points, cached e, F(z), the new inputs, the noises and a replay
 # temporary; Picard z, F(z), the noises and the replay's temporaries; Anderson/Broyden add
-# their histories).
+# their histories). The noises are counted even where the DDNM chain has nw = 0 and stores none
+# (Sampler.chain): an upper bound by one copy there.
 _STATE_COPIES = {"sequential": 3, "triangular": 9, "picard": 5, "anderson": 18, "broyden": 16}
 
 

@@ -245,7 +245,10 @@ class Sampler:
 
             plan_for(self.prior, rows=steps, images=n, image_shape=shape, dtype=dtype, device=device,
                      mode="sequential")
-        if noise is None:
+        ddnm = self.operator is None or getattr(self.chain_choice, "name", "ddnm") == "ddnm"
+        if noise is None and ddnm and self.nw == 0:   # never read (c1 = 0): no T-state buffer
+            noise = torch.zeros((), dtype=dtype, device=device).expand(steps, *x_T.shape)
+        elif noise is None:
             noise = draw_noise(steps, tuple(x_T.shape), self.noise, generator=generator,
                                dtype=dtype, device=device)
         elif tuple(noise.shape) != (steps, *x_T.shape):

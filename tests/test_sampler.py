@@ -203,3 +203,23 @@ def test_published_anderson_is_still_the_reference_configuration():
     a = Anderson.published()
     assert (a.max_rounds, a.m, a.lam, a.beta, a.warmup, a.mixing, a.return_image, a.exact_prefix,
             a.safeguard) == (15, 5, 1e-3, 1.0, 2, "per_row", False, False, None)
+
+
+@pytest.mark.parametrize("solver", ["picard", "triangular"])
+def test_without_fresh_noise_no_noise_buffer_and_the_same_answer(solver):
+    """nw = 0 (DDNM chain): the noises are never read, so none are drawn or stored; the answer is
+    the one with any explicit noise tensor, and x_T (drawn first) is unchanged."""
+    op = AveragePool(2)
+    y = op.A(ground_truth(SIZE))
+    s = Sampler(GaussianMixturePrior(), op, solver, steps=6, etw=0.1, nw=0.0)
+    chain = s.chain(y, generator=torch.Generator().manual_seed(3))
+    assert chain.noise.shape == (6, 1, 3, SIZE, SIZE) and chain.noise.untyped_storage().nbytes() <= 8
+    explicit = torch.randn(6, 1, 3, SIZE, SIZE, dtype=y.dtype, generator=torch.Generator().manual_seed(9))
+    a = s.restore(y, generator=torch.Generator().manual_seed(3))
+    b = s.restore(y, generator=torch.Generator().manual_seed(3), noise=explicit)
+    torch.testing.assert_close(a.image, b.image, rtol=0, atol=0)
+    assert torch.equal(chain.x_T, torch.randn(1, 3, SIZE, SIZE, dtype=y.dtype,
+                                              generator=torch.Generator().manual_seed(3)))
+    with_noise = Sampler(GaussianMixturePrior(), op, solver, steps=6, etw=1.0, nw=1.0)
+    assert with_noise.chain(y, generator=torch.Generator().manual_seed(3)).noise.untyped_storage().nbytes() \
+        == 6 * 3 * SIZE * SIZE * y.element_size()
