@@ -63,7 +63,7 @@ def sampler_kwargs(setting: dict) -> dict:
     return kw
 
 
-def _cases(size: int, scale: float):
+def _cases(size: int, scale: float, task_defaults: bool = False):
     from fixedpoint_ir.operators import degrade
     from fixedpoint_ir.operators.tasks import make_operator
     from fixedpoint_ir.photos import HOLDOUT, holdout_crop
@@ -73,7 +73,8 @@ def _cases(size: int, scale: float):
         for photo in HOLDOUT:
             gt = holdout_crop(photo, size, scale=scale)[None]
             op = make_operator(task, gt.shape[1:], **params)
-            op.task_config["sampling"] = {}   # every grid entry sets the sampling itself
+            if not task_defaults:
+                op.task_config["sampling"] = {}   # every grid entry sets the sampling itself
             out[(task, photo)] = (gt, op, degrade(gt, op, 0.0))
     return out
 
@@ -87,7 +88,8 @@ def evaluate(prior, cases, task: str, setting: dict, steps: int, rounds: bool = 
     for (t, _), (gt, op, y) in cases.items():
         if t != task:
             continue
-        sampler = Sampler(prior, op, steps=steps, **sampler_kwargs(setting))
+        # setting None: nothing passed, the operator's task defaults apply (what a user gets)
+        sampler = Sampler(prior, op, steps=steps, **({} if setting is None else sampler_kwargs(setting)))
         if rounds:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -243,25 +245,23 @@ def write_report(results: dict, out: Path, command: str) -> None:
 
 
 def defaults_at_steps(out: Path, log=print) -> None:
-    """The task registry's sampling defaults and today's (etw = 0.1, nw = 0) at T = 20, 50 and 100,
-    64×64, sequential, next to DDRM's numbers: ``quality_defaults.md`` / ``.json``."""
+    """The task registry's sampling defaults (the Sampler given no sampling argument, as a user
+    runs it) and today's (etw = 0.1, nw = 0) at T = 20, 50 and 100, 64×64, sequential, next to
+    DDRM's numbers: ``quality_defaults.md`` / ``.json``."""
     from fixedpoint_ir import Prior
     from fixedpoint_ir.operators.tasks import TASKS as REGISTRY
 
     torch.set_num_threads(1)
     prior = Prior.default()
-    cases = _cases(64, 0.25)
+    cases, defaults = _cases(64, 0.25), _cases(64, 0.25, task_defaults=True)
     started = time.perf_counter()
     rows = {}
     for task in TASKS:
-        default = REGISTRY[task].sampling
-        for label, setting in (("today", dict(etw=0.1, nw=0.0)), ("task default", dict(default))):
+        for label, setting in (("today", dict(etw=0.1, nw=0.0)), ("task default", None)):
             for steps in (20, 50, 100):
-                kw = dict(setting)
-                if kw.get("t_max") is not None:
-                    kw["t_max"] = max(kw["t_max"], steps)     # as the Sampler does for a task's start
-                r = evaluate(prior, cases, task, kw, steps)
-                rows.setdefault(task, {}).setdefault(label, {"setting": setting})[steps] = r
+                r = evaluate(prior, cases if setting else defaults, task, setting, steps)
+                shown = setting or REGISTRY[task].sampling
+                rows.setdefault(task, {}).setdefault(label, {"setting": shown})[steps] = r
                 log(f"{task:15s} {label:13s} T={steps:3d} {r['psnr']:.2f} dB ({time.perf_counter() - started:.0f} s)")
     (out / "quality_defaults.json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["# The task defaults at T = 20, 50 and 100", "",
