@@ -22,13 +22,8 @@ from fixedpoint_ir.priors.checkpoints import (
 from fixedpoint_ir.priors.ddpm import DDPM_CELEBAHQ_256_CONFIG, DDPMModel
 from fixedpoint_ir.schedule import alphas_cumprod_from_betas, linear_betas
 
-from helpers import checkpoint_fixtures
+from helpers import CHECKPOINT_FIXTURES as FIXTURES
 
-
-FIXTURES = checkpoint_fixtures()
-needs_fixtures = pytest.mark.skipif(
-    FIXTURES is None, reason="checkpoint fixtures not found: expected ../shared/fixtures/checkpoints next to "
-                             "the repository, or set FIXEDPOINT_IR_FIXTURES to the folder")
 
 LAYOUTS = ["adm_256_uncond", "adm_256_cond", "adm_small", "ddpm_celebahq_256", "ddpm_small"]
 
@@ -61,7 +56,17 @@ def _meta(kind: str) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Architectures against the fixtures
 # ------------------------------------------------------------------------------------------------
-@needs_fixtures
+def test_fixtures_match_their_published_hashes():
+    """The in-repository copy is byte for byte the published fixture set (its README's SHA-256 list)."""
+    import hashlib
+    import re
+
+    listed = re.findall(r"^([0-9a-f]{64})  (\S+)$", (FIXTURES / "README.md").read_text(), re.M)
+    assert len(listed) == 9
+    for digest, name in listed:
+        assert hashlib.sha256((FIXTURES / name).read_bytes()).hexdigest() == digest, name
+
+
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_layout_reproduced_exactly(name):
     layout = _layout(name)
@@ -75,7 +80,6 @@ def test_layout_reproduced_exactly(name):
     assert not list(model.buffers())
 
 
-@needs_fixtures
 @pytest.mark.parametrize("kind", ["adm", "ddpm"])
 @pytest.mark.parametrize("float_t", [False, True])
 def test_small_fixture_outputs(kind, float_t):
@@ -170,7 +174,6 @@ def _small_cond_config(num_classes: int = 10) -> dict:
     return {**json.loads(_meta("adm")["config"]), "num_classes": num_classes}
 
 
-@needs_fixtures
 def test_adm_class_labels():
     model = _randomize(ADMUNet(**_small_cond_config()), 0).eval()
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([5, 700])
@@ -205,7 +208,6 @@ def _check_prior(prior, kind: str, image_size=(32, 32)):
     return eps
 
 
-@needs_fixtures
 @pytest.mark.parametrize("kind", ["adm", "ddpm"])
 def test_load_prior_fixture(kind):
     prior = load_prior(FIXTURES / f"{kind}_small.safetensors")
@@ -219,7 +221,6 @@ def test_load_prior_fixture(kind):
         torch.testing.assert_close(prior.eps(io["x"], io["t"].double()), io["out"][:, :3], atol=1e-5, rtol=0)
 
 
-@needs_fixtures
 @pytest.mark.parametrize("kind", ["adm", "ddpm"])
 def test_gradient_flows_to_the_input(kind):
     prior = load_prior(FIXTURES / f"{kind}_small.safetensors")
@@ -230,7 +231,6 @@ def test_gradient_flows_to_the_input(kind):
     assert all(p.grad is None for p in prior.parameters())
 
 
-@needs_fixtures
 def test_module_prefixed_pt_with_inferred_config(tmp_path):
     path = tmp_path / "adm.pt"
     torch.save({"module." + k: v for k, v in _sd("adm").items()}, path)
@@ -245,7 +245,6 @@ def test_module_prefixed_pt_with_inferred_config(tmp_path):
         load_prior(path, num_head_channel=16)
 
 
-@needs_fixtures
 def test_ddpm_ckpt_inferred_config(tmp_path):
     path = tmp_path / "celeba_like.ckpt"
     torch.save(_sd("ddpm"), path)                 # a plain state dict, like celeba_hq.ckpt
@@ -254,7 +253,6 @@ def test_ddpm_ckpt_inferred_config(tmp_path):
     _check_prior(prior, "ddpm")
 
 
-@needs_fixtures
 @pytest.mark.parametrize("with_ema", [True, False])
 def test_ddim_runner_list(tmp_path, with_ema):
     true = _sd("ddpm")
@@ -270,7 +268,6 @@ def test_ddim_runner_list(tmp_path, with_ema):
     _check_prior(prior, "ddpm")
 
 
-@needs_fixtures
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(dtype):
     prior = load_prior(FIXTURES / "adm_small.safetensors", dtype=dtype)
@@ -287,7 +284,6 @@ def test_half_precision(dtype):
         == torch.float32
 
 
-@needs_fixtures
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch._dynamo's own imports
 def test_compile_flag_wraps_the_network():
     plain = load_prior(FIXTURES / "adm_small.safetensors")
@@ -297,7 +293,6 @@ def test_compile_flag_wraps_the_network():
     assert set(prior.state_dict()) == set(plain.state_dict())     # no "_orig_mod." keys
 
 
-@needs_fixtures
 def test_class_conditional_prior(tmp_path):
     config = _small_cond_config(10)
     model = _randomize(ADMUNet(**config), 1).eval()
@@ -489,7 +484,6 @@ def test_unreachable_hub_fails_in_seconds_and_says_offline(monkeypatch):
     assert "config.json" not in str(info.value)
 
 
-@needs_fixtures
 def test_truncated_files(tmp_path):
     data = (FIXTURES / "adm_small.safetensors").read_bytes()
     path = tmp_path / "cut.safetensors"
@@ -508,7 +502,6 @@ def test_truncated_files(tmp_path):
         load_prior(cut)
 
 
-@needs_fixtures
 def test_unknown_keys_name_the_closest_format(tmp_path):
     sd = dict(_sd("adm"))
     sd["input_blocks.0.0.conv.weight"] = sd.pop("input_blocks.0.0.weight")
@@ -547,7 +540,6 @@ def test_raw_diffusers_state_dict_asks_for_the_folder(tmp_path):
         load_prior(path)
 
 
-@needs_fixtures
 def test_shape_mismatch(tmp_path):
     sd = dict(_sd("adm"))
     sd["time_embed.2.weight"] = torch.zeros(128, 127)
@@ -562,7 +554,6 @@ def test_shape_mismatch(tmp_path):
         load_prior(tmp_path / "bad.pt")
 
 
-@needs_fixtures
 @pytest.mark.parametrize("kind", ["adm", "ddpm"])
 def test_wrong_image_size(kind):
     prior = load_prior(FIXTURES / f"{kind}_small.safetensors")

@@ -14,7 +14,7 @@ from fixedpoint_ir.cli import main
 from fixedpoint_ir.images import read_image, write_image
 from fixedpoint_ir.operators.tasks import operator_from_config
 
-from helpers import checkpoint_fixtures
+from helpers import CHECKPOINT_FIXTURES
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
@@ -193,12 +193,6 @@ def test_demo_tiny(tmp_path, capsys):
     _fails(capsys, ["demo", "-o", str(folder), "--size", "32", "--steps", "2"], "already exists")
 
 
-def _fixture_checkpoint() -> Path | None:
-    folder = checkpoint_fixtures()
-    return None if folder is None else folder / "adm_small.safetensors"
-
-
-@pytest.mark.skipif(_fixture_checkpoint() is None, reason="checkpoint fixtures not found")
 def test_fixed_size_checkpoint_is_tiled(tmp_path, capsys):
     """A 32x32 ADM checkpoint restores a 48x48 image tile by tile."""
     from fixedpoint_ir.photos import holdout_crop
@@ -208,7 +202,7 @@ def test_fixed_size_checkpoint_is_tiled(tmp_path, capsys):
     assert main(["degrade", str(img), "-o", str(tmp_path / "y.png"), "--task", "sr2", "--quiet"]) == 0
     out = tmp_path / "r.png"
     assert main(["restore", str(tmp_path / "y.png"), "-o", str(out), "--checkpoint",
-                 str(_fixture_checkpoint()), "--steps", "1", "--sequential"]) == 0
+                 str(CHECKPOINT_FIXTURES / "adm_small.safetensors"), "--steps", "1", "--sequential"]) == 0
     assert "2x2 overlapping tiles" in capsys.readouterr().err
     assert read_image(out)[0].shape == (1, 3, 48, 48)
 

@@ -1,7 +1,7 @@
 """The ADM UNet of guided-diffusion ("Diffusion Models Beat GANs", Dhariwal & Nichol 2021).
 
 An independent implementation, written from the layout and forward specification in
-``shared/fixtures/checkpoints/README.md``: the module tree reproduces the key names and shapes of the
+``tests/fixtures/checkpoints/README.md``: the module tree reproduces the key names and shapes of the
 released ``256x256_diffusion_uncond.pt`` / ``256x256_diffusion.pt`` state dicts, so those files load
 with ``load_state_dict(strict=True)`` and no key rewriting, and the forward pass matches the
 reference implementation to float32 rounding.

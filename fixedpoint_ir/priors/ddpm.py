@@ -1,7 +1,7 @@
 """The DDPM UNet ``Model`` of the DDIM / SDEdit / DDRM / DDNM code bases (``models/diffusion.py``).
 
 An independent implementation, written from the layout and forward specification in
-``shared/fixtures/checkpoints/README.md``: its state dict has the key names and shapes of the
+``tests/fixtures/checkpoints/README.md``: its state dict has the key names and shapes of the
 released ``celeba_hq.ckpt`` (and the DDIM CIFAR-10 / CelebA / LSUN checkpoints, which share the
 architecture), so those load with ``load_state_dict(strict=True)``, and its forward pass matches the
 reference implementation to float32 rounding.
