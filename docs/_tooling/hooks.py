@@ -67,22 +67,26 @@ def _run_example(script: Path) -> dict:
     return {"stdout": done.stdout.strip(), "figures": figures}
 
 
-def _docstring_markdown(source: str) -> tuple[str, str]:
-    """(title, body) from the script's docstring; reST '::' blocks become plain colons."""
-    doc = ast.get_docstring(ast.parse(source)) or ""
+def _split_docstring(source: str) -> tuple[str, str, str]:
+    """(title, body, code): the script's docstring as Markdown (reST '::' blocks become plain
+    colons) and the code after it, so the page does not print the docstring twice."""
+    tree = ast.parse(source)
+    doc = ast.get_docstring(tree) or ""
     title, _, body = doc.partition("\n")
-    return title.strip().rstrip("."), re.sub(r"::\n", ":\n", body.strip())
+    code = source
+    if doc and isinstance(tree.body[0], ast.Expr):
+        code = "\n".join(source.splitlines()[tree.body[0].end_lineno:]).strip("\n")
+    return title.strip().rstrip("."), re.sub(r"::\n", ":\n", body.strip()), code
 
 
 def _example_page(script: Path, ran: dict) -> str:
-    source = script.read_text(encoding="utf-8")
-    title, body = _docstring_markdown(source)
+    title, body, source = _split_docstring(script.read_text(encoding="utf-8"))
     figures = "\n\n".join(f"![{fig.stem}]({fig.name})" for fig in ran["figures"])
     output = f"Its output on the machine that built this site:\n\n```text\n{ran['stdout']}\n```\n\n" \
         if ran["stdout"] else ""
     return (f"# {title}\n\n{body}\n\nRun it from the repository root: `python examples/{script.name}`."
             f" This page was made by running it when the site was built.\n\n{figures}\n\n{output}"
-            f"```python\n{source.rstrip()}\n```\n")
+            f"The script (its docstring is the text above):\n\n```python\n{source.rstrip()}\n```\n")
 
 
 def on_files(files, config):
