@@ -75,7 +75,7 @@ class Triangular(FixedPointSolver):
         window: most rows evaluated per image per round (``None``: all rows). The default, 24,
             changes nothing at T ≤ 24 and bounds the evaluations of long chains: on the
             learned prior (flower sr4) at T = 50 it cost 1 round more and 31 % fewer evaluations
-            than all rows, at T = 100 6 rounds more and 53 % fewer, see the README.
+            than all rows, at T = 100 6 rounds more and 53 % fewer, see docs/solvers.md.
         freeze: accept converged rows before the Picard guarantee does (``False``: rows are only
             accepted once their input is exact).
         reuse: skip re-evaluating a row whose input moved by at most ``reuse`` × its tolerance

@@ -35,7 +35,7 @@ DEFAULT_SURROGATE: Path = _WEIGHTS_DIR / "default_prior_surrogate.json"
 
 _TRAIN_HINT = (
     "Train it with `python -m fixedpoint_ir.train --out runs/prior --minutes 120 --threads 2` "
-    "(see README, 'Training the default prior') and copy runs/prior/default_prior.safetensors and "
+    "(see docs/priors.md, 'The shipped default prior') and copy runs/prior/default_prior.safetensors and "
     "runs/prior/default_prior.sha256 into {dir}."
 )
 
