@@ -38,7 +38,7 @@ def run_one(T: int, variables: str, target: str, opt_steps: int, size: int) -> d
     import torch.nn.functional as F
 
     from fixedpoint_ir import Prior, Sampler
-    from fixedpoint_ir.inversion import optimize_noise
+    from fixedpoint_ir.inversion import ZeroGradientError, optimize_noise
     from fixedpoint_ir.losses import ReferenceLoss
     from fixedpoint_ir.operators import degrade, make_operator
     from fixedpoint_ir.photos import holdout_crop
@@ -51,8 +51,13 @@ def run_one(T: int, variables: str, target: str, opt_steps: int, size: int) -> d
     reference = x if target == "ground truth (oracle)" else \
         F.interpolate(y, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)
     start = time.perf_counter()
-    res = optimize_noise(sampler, y, ReferenceLoss(reference), variables=variables, steps=opt_steps,
-                         generator=torch.Generator().manual_seed(0), progress=False)
+    try:
+        res = optimize_noise(sampler, y, ReferenceLoss(reference), variables=variables, steps=opt_steps,
+                             generator=torch.Generator().manual_seed(0), progress=False)
+    except ZeroGradientError as err:   # x_T washed out: what a user of variables="x_T" gets
+        return {"T": T, "variables": variables, "target": target, "optimised": variables,
+                "history": [], "decrease": 0.0, "psnr_before": math.nan, "psnr_after": math.nan,
+                "seconds": time.perf_counter() - start, "refused": str(err).split(":")[0]}
     return {"T": T, "variables": variables, "target": target, "optimised": res.described,
             "history": res.history, "decrease": res.relative_decrease,
             "psnr_before": psnr(res.initial_image, x), "psnr_after": psnr(res.image, x),
@@ -72,6 +77,10 @@ def write_md(rows: list[dict], command: str) -> None:
              "| T | loss to | optimised | loss per step | decrease | PSNR before → after | s |",
              "|---:|---|---|---|---:|---|---:|"]
     for r in rows:
+        if r.get("refused"):
+            lines.append(f"| {r['T']} | {r['target']} | {r['optimised']} | ZeroGradientError: "
+                         f"{r['refused']} | — | — | {r['seconds']:.0f} |")
+            continue
         hist = " → ".join(f"{v:.4g}" for v in r["history"])
         lines.append(f"| {r['T']} | {r['target']} | {r['optimised']} | {hist} | "
                      f"{100 * r['decrease']:.1f} % | {r['psnr_before']:.2f} → {r['psnr_after']:.2f} | "
@@ -101,7 +110,7 @@ def main(argv=None) -> None:
                 if (T, variables, target) in done:
                     continue
                 r = run_one(T, variables, target, args.opt_steps, args.size)
-                print(f"T={T} {target:22s} {r['optimised']:40s} decrease {100 * r['decrease']:5.1f} % "
+                print(f"T={T} {target:22s} {r['optimised']:40s} {r.get('refused', '')} decrease {100 * r['decrease']:5.1f} % "
                       f"PSNR {r['psnr_before']:.2f} -> {r['psnr_after']:.2f} ({r['seconds']:.0f} s)",
                       flush=True)
                 rows.append(r)
