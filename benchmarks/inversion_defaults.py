@@ -10,6 +10,8 @@ bicubic upsampling of y (no oracle). Prints and writes the relative loss decreas
 and after; resumable (rows already in the JSON are skipped).
 
     nice python benchmarks/inversion_defaults.py            # -> results/inversion_defaults.{json,md}
+    nice python benchmarks/inversion_defaults.py --T 10 --targets "ground truth (oracle)" --variables auto \
+        --opt-steps 15 --out inversion_defaults_15  [--keep-norm --out inversion_defaults_15_keep_norm]
 """
 from __future__ import annotations
 
@@ -21,8 +23,6 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-JSON = RESULTS / "inversion_defaults.json"
-MD = RESULTS / "inversion_defaults.md"
 
 
 def psnr(a, b) -> float:
@@ -33,7 +33,7 @@ def psnr(a, b) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def run_one(T: int, variables: str, target: str, opt_steps: int, size: int) -> dict:
+def run_one(T: int, variables: str, target: str, opt_steps: int, size: int, keep_norm: bool = False) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -53,19 +53,20 @@ def run_one(T: int, variables: str, target: str, opt_steps: int, size: int) -> d
     start = time.perf_counter()
     try:
         res = optimize_noise(sampler, y, ReferenceLoss(reference), variables=variables, steps=opt_steps,
-                             generator=torch.Generator().manual_seed(0), progress=False)
+                             keep_norm=keep_norm, patience=None, generator=torch.Generator().manual_seed(0), progress=False)
     except ZeroGradientError as err:   # x_T washed out: what a user of variables="x_T" gets
         return {"T": T, "variables": variables, "target": target, "optimised": variables,
                 "history": [], "decrease": 0.0, "psnr_before": math.nan, "psnr_after": math.nan,
                 "seconds": time.perf_counter() - start, "refused": str(err).split(":")[0]}
-    return {"T": T, "variables": variables, "target": target, "optimised": res.described,
+    return {"T": T, "variables": variables, "target": target, "keep_norm": keep_norm,
+            "optimised": res.described + (", keep_norm" if keep_norm else ""),
             "history": res.history, "decrease": res.relative_decrease,
             "psnr_before": psnr(res.initial_image, x), "psnr_after": psnr(res.image, x),
             "seconds": time.perf_counter() - start, "etw": sampler.etw, "nw": sampler.nw,
             "t_max": sampler.t_max}
 
 
-def write_md(rows: list[dict], command: str) -> None:
+def write_md(rows: list[dict], command: str, md: Path) -> None:
     import torch
 
     lines = ["# DEQ inversion from the task defaults", "",
@@ -73,7 +74,7 @@ def write_md(rows: list[dict], command: str) -> None:
              f"torch {torch.__version__}.", "",
              "Quick-start problem (astronaut 64×64 crop, scale 0.25, sr4), shipped prior, "
              "`Sampler(prior, operator, steps=T)` (etw = nw = 1, t_max = 600), `optimize_noise` "
-             "defaults (implicit gradient, Adam, lr 0.05), seed 0. PSNR of the best iterate.", "",
+             "defaults (implicit gradient, Adam, lr 0.05; patience off), seed 0. PSNR of the best iterate.", "",
              "| T | loss to | optimised | loss per step | decrease | PSNR before → after | s |",
              "|---:|---|---|---|---:|---|---:|"]
     for r in rows:
@@ -85,7 +86,7 @@ def write_md(rows: list[dict], command: str) -> None:
         lines.append(f"| {r['T']} | {r['target']} | {r['optimised']} | {hist} | "
                      f"{100 * r['decrease']:.1f} % | {r['psnr_before']:.2f} → {r['psnr_after']:.2f} | "
                      f"{r['seconds']:.0f} |")
-    MD.write_text("\n".join(lines) + "\n")
+    md.write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> None:
@@ -96,26 +97,29 @@ def main(argv=None) -> None:
     p.add_argument("--targets", nargs="+", default=["ground truth (oracle)", "bicubic(y)"])
     p.add_argument("--variables", nargs="+", default=["auto", "x_T"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--keep-norm", action="store_true", help="optimize_noise(keep_norm=True)")
+    p.add_argument("--out", default="inversion_defaults", help="results/OUT.{json,md}")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     command = " ".join(["python benchmarks/inversion_defaults.py", *(sys.argv[1:] if argv is None else argv)])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = json.loads(JSON.read_text()) if JSON.is_file() else []
+    out_json, out_md = RESULTS / f"{args.out}.json", RESULTS / f"{args.out}.md"
+    rows = json.loads(out_json.read_text()) if out_json.is_file() else []
     done = {(r["T"], r["variables"], r["target"]) for r in rows}
     for T in args.T:
         for target in args.targets:
             for variables in args.variables:
                 if (T, variables, target) in done:
                     continue
-                r = run_one(T, variables, target, args.opt_steps, args.size)
+                r = run_one(T, variables, target, args.opt_steps, args.size, args.keep_norm)
                 print(f"T={T} {target:22s} {r['optimised']:40s} {r.get('refused', '')} decrease {100 * r['decrease']:5.1f} % "
                       f"PSNR {r['psnr_before']:.2f} -> {r['psnr_after']:.2f} ({r['seconds']:.0f} s)",
                       flush=True)
                 rows.append(r)
-                JSON.write_text(json.dumps(rows, indent=1))
-                write_md(rows, command)
+                out_json.write_text(json.dumps(rows, indent=1))
+                write_md(rows, command, out_md)
 
 
 if __name__ == "__main__":
