@@ -85,6 +85,20 @@ def test_noise_gradient_equals_unrolled_for_every_chain(chain, sigma_y, noise_mo
     _exact_against_unrolled(sampler, y, ReferenceLoss(gt), x_T, noise)
 
 
+def test_noise_gradient_through_the_parallel_scan_replay(monkeypatch):
+    """On accelerators the replay is a parallel scan (DESIGN §10), not the row loop: ξ's gradient
+    must flow through it just as exactly (forced here on the CPU)."""
+    from fixedpoint_ir.chain import Chain
+
+    monkeypatch.setattr(Chain, "_prefer_scan", lambda self: True)
+    op = make_operator("inpaint")
+    sampler = Sampler(ModulePrior(TinyEps()), op, solver=get_solver("picard", tol=0.0), steps=5,
+                      etw=0.4, nw=0.9)
+    gt, y, x_T, noise = _inputs(sampler, op, seed=9)
+    assert sampler.chain(y, x_T=x_T, noise=noise).is_affine_in_span
+    _exact_against_unrolled(sampler, y, ReferenceLoss(gt), x_T, noise)
+
+
 def test_noise_gradient_of_the_shipped_prior_with_the_sr4_task_defaults():
     """The default prior in float64 at 16×16, sr4 task defaults (etw = nw = 1, t_max 600)."""
     from fixedpoint_ir.operators import make_operator as task_operator
