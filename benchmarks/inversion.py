@@ -64,8 +64,9 @@ def _rss_mib() -> float:
 
 
 def build_problem(T: int, dtype_name: str = "float32", network: str = "small_unet", size: int = 32,
-                  width: int = 64, blocks: int = 4, max_batch: int | None = 8, seed: int = 0):
-    """(sampler, y, x_T, noise, loss) of the memory benchmark."""
+                  width: int = 64, blocks: int = 4, max_batch: int | None = 8, seed: int = 0,
+                  nw: float = 0.0):
+    """(sampler, y, x_T, noise, loss) of the memory benchmark (with nw > 0 the gradient includes ∂L/∂ξ)."""
     import torch
     from torch import nn
 
@@ -119,12 +120,13 @@ def build_problem(T: int, dtype_name: str = "float32", network: str = "small_une
 
     prior = ModulePrior(UNetEps() if network == "small_unet" else ConvEps(), max_batch=max_batch)
     op = AveragePool(4)
-    sampler = Sampler(prior, op, solver=get_solver("picard", tol=0.0), steps=T, etw=0.1, nw=0.0)
+    sampler = Sampler(prior, op, solver=get_solver("picard", tol=0.0), steps=T, etw=0.1, nw=nw)
     g = torch.Generator().manual_seed(seed + 1)
     gt = torch.rand(1, 3, size, size, generator=g, dtype=dtype) * 2 - 1
     y = op.A(gt)
     x_T = torch.randn(1, 3, size, size, generator=g, dtype=dtype)
-    noise = torch.zeros(T, 1, 3, size, size, dtype=dtype)
+    noise = torch.randn(T, 1, 3, size, size, generator=g, dtype=dtype) if nw else \
+        torch.zeros(T, 1, 3, size, size, dtype=dtype)
     return sampler, y, x_T, noise, ReferenceLoss(gt)
 
 
@@ -142,10 +144,10 @@ def _worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     # warm-up: the same gradient on a T = 2 chain, so that the one-time lazy initialisation of
     # torch's kernels (tens of MiB, whatever T) is in the baseline and not charged to the mode
-    w_sampler, w_y, w_x_T, w_noise, w_loss = build_problem(2, network=spec["network"])
+    w_sampler, w_y, w_x_T, w_noise, w_loss = build_problem(2, network=spec["network"], nw=spec["nw"])
     NoiseGradient(w_sampler, w_y, w_loss, noise=w_noise, **MODES[spec["label"]])(w_x_T)
     del w_sampler, w_y, w_x_T, w_noise, w_loss
-    sampler, y, x_T, noise, loss = build_problem(spec["T"], network=spec["network"])
+    sampler, y, x_T, noise, loss = build_problem(spec["T"], network=spec["network"], nw=spec["nw"])
     fn = NoiseGradient(sampler, y, loss, noise=noise, **MODES[spec["label"]])
     rss_before, before = _rss_mib(), _maxrss_mib()
     t0 = time.perf_counter()
@@ -177,7 +179,7 @@ def _run_worker(spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def accuracy(T: int, network: str = "small_unet") -> dict:
+def accuracy(T: int, network: str = "small_unet", nw: float = 0.0) -> dict:
     """float64: implicit vs unrolled relative difference, one-step cosine and norm ratio."""
     import torch
 
@@ -185,15 +187,19 @@ def accuracy(T: int, network: str = "small_unet") -> dict:
 
     from fixedpoint_ir.solver import get_solver
 
-    sampler, y, x_T, noise, loss = build_problem(T, "float64", network)
+    sampler, y, x_T, noise, loss = build_problem(T, "float64", network, nw=nw)
     ref = noise_gradient(sampler, y, loss, x_T, noise=noise, mode="unrolled")
     exact = ref.grad
     # start the other modes' Picard solves at the fixed point: one round confirms it (residual
     # ~1e-16 < 1e-12) instead of T rounds of T evaluations
     sampler.solver = get_solver("picard", tol=1e-12)
     kw = {"noise": noise, "init": ref.states}
-    imp = noise_gradient(sampler, y, loss, x_T, mode="implicit", adjoint="sequential", **kw).grad
+    imp_result = noise_gradient(sampler, y, loss, x_T, mode="implicit", adjoint="sequential", **kw)
+    imp = imp_result.grad
     out = {"T": T, "implicit_vs_unrolled": float((imp - exact).norm() / exact.norm())}
+    if ref.noise_grad is not None:   # ∂L/∂ξ (nw > 0)
+        out["noise_implicit_vs_unrolled"] = float((imp_result.noise_grad - ref.noise_grad).norm()
+                                                  / ref.noise_grad.norm())
     for tau, k in ((0.5, 1), (0.5, 5)):
         g = noise_gradient(sampler, y, loss, x_T, mode="one_step", tau=tau, phantom_steps=k, **kw).grad
         out[f"cos_tau{tau}_k{k}"] = float(g.flatten() @ exact.flatten() / (g.norm() * exact.norm()))
@@ -207,7 +213,7 @@ def memory_part(args) -> None:
     for T in args.T:
         for label in MODES:
             spec = {"label": label, "T": T, "threads": args.threads, "reps": args.reps,
-                    "network": args.network}
+                    "network": args.network, "nw": args.nw}
             r = _run_worker(spec)
             rows.append(r)
             print(f"T={T:3d} {label:30s} peak {r['peak_mib']:8.1f} MiB  {r['seconds']:8.3f} s  "
@@ -215,10 +221,10 @@ def memory_part(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)   # more threads than free cores stall tiny ops on a shared machine
-    acc = [accuracy(T, args.network) for T in args.T]
+    acc = [accuracy(T, args.network, args.nw) for T in args.T]
     for a in acc:
         print(a, flush=True)
-    MEMORY_MD.with_suffix(".json").write_text(json.dumps({"rows": rows, "accuracy": acc,
+    _memory_md(args).with_suffix(".json").write_text(json.dumps({"rows": rows, "accuracy": acc,
                                                           "command": args.command}, indent=1))
     write_memory_md(rows, acc, args)
 
@@ -227,7 +233,8 @@ def write_memory_md(rows, acc, args) -> None:
     by = {(r["label"], r["T"]): r for r in rows}
     Ts = args.T
     lines = [
-        "# DEQ inversion: memory and time per gradient of L(x_0) with respect to x_T",
+        "# DEQ inversion: memory and time per gradient of L(x_0) with respect to x_T"
+        + (" and the per-step noises ξ" if args.nw else ""),
         "",
         f"Machine: this 2-core CPU ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} logical cores, shared with other jobs), torch {_torch_version()}, "
@@ -239,7 +246,7 @@ def write_memory_md(rows, acc, args) -> None:
         f"(L2) loss; prior = analytic mixture ε + 0.1 × {NETWORKS[args.network]} (random "
         "weights) in a ModulePrior with max_batch = 8 (no network call holds more than 8 "
         "states; 8 < T − 1 for every T here, so every T runs full batches of the same size); "
-        "Picard forward solve (exact after T rounds), nw = 0. Peak = ru_maxrss after one "
+        f"Picard forward solve (exact after T rounds), nw = {args.nw:g}. Peak = ru_maxrss after one "
         "gradient minus the resident set just before it, in a fresh process with "
         "MALLOC_MMAP_THRESHOLD_=65536, after building everything and a warm-up gradient of the "
         "same mode on a T = 2 chain (one-time lazy initialisation of torch kernels). Time = best "
@@ -289,16 +296,24 @@ def write_memory_md(rows, acc, args) -> None:
         "the implicit gradient, and cosine / norm ratio of the published one-step (phantom) gradient "
         "to the exact one (τ = 0.5; k = 1 is the one-step gradient, k = 5 the DeqIR code's default):",
         "",
-        "| T | implicit vs unrolled | cos one-step k=1 | norm ratio k=1 | cos phantom k=5 | norm ratio k=5 |",
+        "| T | implicit vs unrolled" + (" (the larger of x_T's and ξ's)" if args.nw else "") + " | cos one-step k=1 | norm ratio k=1 | cos phantom k=5 | norm ratio k=5 |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for a in acc:
+        if "noise_implicit_vs_unrolled" in a:
+            a = dict(a, implicit_vs_unrolled=max(a["implicit_vs_unrolled"], a["noise_implicit_vs_unrolled"]))
         lines.append(f"| {a['T']} | {a['implicit_vs_unrolled']:.1e} | {a['cos_tau0.5_k1']:.3f} | "
                      f"{a['ratio_tau0.5_k1']:.2f} | {a['cos_tau0.5_k5']:.3f} | {a['ratio_tau0.5_k5']:.2f} |")
     lines.append("")
-    MEMORY_MD.parent.mkdir(parents=True, exist_ok=True)
-    MEMORY_MD.write_text("\n".join(lines))
-    print(f"wrote {MEMORY_MD}")
+    path = _memory_md(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
+
+
+def _memory_md(args) -> Path:
+    """The committed nw = 0 table, or one per nw > 0 (the gradient then includes ∂L/∂ξ)."""
+    return MEMORY_MD if not args.nw else RESULTS / f"inversion_memory_nw{args.nw:g}.md"
 
 
 def _torch_version() -> str:
@@ -442,6 +457,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--network", default="small_unet", choices=sorted(NETWORKS))
+    p.add_argument("--nw", type=float, default=0.0,
+                   help="fresh-noise weight of part 1's chain (> 0: the gradient includes ∂L/∂ξ)")
     # part 2
     p.add_argument("--crops", type=int, default=3, help="how many hold-out photos")
     p.add_argument("--size", type=int, default=64)

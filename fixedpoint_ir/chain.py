@@ -124,6 +124,12 @@ class Chain:
             self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
     @property
+    def reads_noise(self) -> bool:
+        """Whether some step reads its fresh noise ξ_j (c1_j ≠ 0): then the restoration depends on
+        the noises, and DEQ inversion can optimise them (:mod:`fixedpoint_ir.inversion`)."""
+        return any(self._c1)
+
+    @property
     def is_affine_in_span(self) -> bool:
         """True when one step's linear part lies in span{I, P} (P = A†A a projector, or plain DDIM)
         and the update rule is this class's own: then replays are a parallel scan (DESIGN §10)."""

@@ -255,7 +255,7 @@ class MeasurementLoss(Loss):
     """‖A x_0 − y‖² (mean over entries): the data-fidelity of the restored image.
 
     For a sampler WITH the range/null-space correction and a noiseless observation, every
-    restored image satisfies A x_0 = A A†y = y exactly, whatever x_T: the loss is constant and its
+    restored image satisfies A x_0 = A A†y = y exactly, whatever x_T and ξ: the loss is constant and its
     gradient with respect to x_T is identically zero. :meth:`zero_gradient_reason` says so, and
     :func:`~fixedpoint_ir.inversion.optimize_noise` refuses it up front. It is useful with a plain
     DDIM sampler (no operator: give ``operator`` and ``y`` here) — inversion by data fidelity.
@@ -289,8 +289,8 @@ class MeasurementLoss(Loss):
         return ("the measurement loss ‖A x_0 − y‖² has an identically zero gradient with respect "
                 "to x_T for this sampler: every step applies the range/null-space correction "
                 "x0' = A†y + (I − A†A) x0, so the restored image satisfies A x_0 = A A†y = y exactly "
-                "(σ_y = 0), whatever x_T is. The loss only sees the range of A, which the chain "
-                "already fixes; x_T can only change the null-space part. Use a loss on the null "
+                "(σ_y = 0), whatever x_T and the noises ξ_j are. The loss only sees the range of A, "
+                "which the chain already fixes; x_T and ξ can only change the null-space part. Use a loss on the null "
                 "space instead: a reference image (ReferenceLoss), a restoration network's output "
                 "(RestorationLoss) or a colour reference (ColorLoss), or use MeasurementLoss with "
                 "a plain DDIM sampler (operator=None).")

@@ -290,7 +290,9 @@ def test_optimize_noise_lowers_a_reference_loss(gradient):
     assert res.loss < 0.8 * res.initial_loss
     assert res.loss == min(res.history) and res.history[res.best_step] == res.loss
     torch.testing.assert_close(res.initial_x_T, x_T)
-    restored = sampler.restore(y, x_T=res.x_T, noise=noise).image
+    assert res.variables == ("x_T", "noise")            # nw = 0.3: the chain reads its noises
+    assert not torch.equal(res.noise, noise)
+    restored = sampler.restore(y, x_T=res.x_T, noise=res.noise).image   # reproducible from the result
     torch.testing.assert_close(restored, res.image, rtol=1e-9, atol=1e-9)
     # the observation is still matched exactly: x_T only moves the null space
     torch.testing.assert_close(sampler.operator.A(res.image), y, rtol=1e-9, atol=1e-9)

@@ -64,6 +64,11 @@ class DDRMChain(Chain):
         self._sigma_next = [math.sqrt(max(0.0, 1.0 - v) / v) for v in b]   # VE level of the next state
         self._root_eta = math.sqrt(1.0 - self.eta ** 2)
 
+    @property
+    def reads_noise(self) -> bool:
+        """Always: the range part of the next state is Pξ whatever η (σ_y = 0), or filtered Aξ."""
+        return True
+
     def step(self, j: int, x: Tensor, e: Tensor) -> Tensor:
         op, y = self.operator, self.y
         x0 = (x - self._sqrt_1ma[j] * e) / self._sqrt_a[j]

@@ -46,6 +46,11 @@ class DiffPIRChain(Chain):
         self._keep = [math.sqrt(max(0.0, 1.0 - v)) * math.sqrt(1.0 - self.zeta) for v in b]
         self._fresh = [math.sqrt(max(0.0, 1.0 - v)) * math.sqrt(self.zeta) for v in b]
 
+    @property
+    def reads_noise(self) -> bool:
+        """Where ζ > 0: the fresh share of the re-noising."""
+        return any(self._fresh)
+
     def data_step(self, x0: Tensor, j: int) -> Tensor:
         """x̂0' = argmin_z ‖y − A z‖² + ρ_j ‖z − x̂0‖²."""
         residual = self.y - self.operator.A(x0)
