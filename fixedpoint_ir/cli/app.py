@@ -2,13 +2,51 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
+import threading
 
 from .common import PROG, CLIError, _Console, _sampler_defaults, _seed
-from .degrade import cmd_degrade
-from .demo import cmd_demo
-from .restore import cmd_restore
+
+
+def _command(module: str, name: str):
+    """The sub-command ``name`` of ``module``, imported when it runs (argument parsing, ``--help``
+    and argument errors never import torch)."""
+    def run(args, console: _Console) -> int:
+        import importlib
+
+        with _interrupts_deferred():
+            command = getattr(importlib.import_module(f".{module}", __package__), name)
+        return command(args, console)
+    return run
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold Ctrl-C back until the block ends, then raise KeyboardInterrupt.
+
+    For the import of torch: a KeyboardInterrupt raised while its C++ start-up calls back into
+    Python aborts the process (pybind11: "terminate called after throwing …", status -6) instead
+    of reaching ``main``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
+cmd_restore = _command("restore", "cmd_restore")
+cmd_degrade = _command("degrade", "cmd_degrade")
+cmd_demo = _command("demo", "cmd_demo")
 
 
 def cmd_tasks(args, console: _Console) -> int:
@@ -173,7 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 success, 2 user or file-system error, 1 internal error)."""
+    """Run the command line; returns the exit status (0 success, 2 user or file-system error, 1
+    internal error, 130 interrupted by Ctrl-C at any point, start-up included)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -186,9 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     try:
         return args.func(args, console)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
     except (CLIError, OSError, ValueError, KeyError) as e:   # the user's or the machine's, not ours
         if debug:
             raise

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import glob
-import inspect
 import json
 import os
 import sys
 from pathlib import Path
-
-import torch
 
 PROG = "fixedpoint-ir"
 SIDECAR_FORMAT = "fixedpoint-ir degrade"
@@ -35,10 +32,23 @@ class _Console:
 
 
 def _sampler_defaults() -> dict:
-    from ..sampler import Sampler
+    """The Sampler's default solver and steps, without importing torch (for ``--help``)."""
+    from ..defaults import DEFAULT_SOLVER, DEFAULT_STEPS
 
-    sig = inspect.signature(Sampler.__init__)
-    return {k: v.default for k, v in sig.parameters.items() if v.default is not inspect.Parameter.empty}
+    return {"solver": DEFAULT_SOLVER, "steps": DEFAULT_STEPS}
+
+
+def _solver_from_option(name: str | None):
+    """The solver of ``--solver`` (None for auto, the default); an unknown name is a user error
+    that lists every accepted value, auto included."""
+    if name in (None, "auto"):
+        return None
+    from ..solver import available_solvers, get_solver
+
+    if name not in available_solvers():
+        raise CLIError(f"unknown solver {name!r} for --solver; choose auto (the default) or one of: "
+                       f"{', '.join(available_solvers())}")
+    return get_solver(name)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -142,7 +152,9 @@ def _parse_params(items: list[str] | None) -> dict:
     return params
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str):
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError as e:

@@ -5,11 +5,11 @@ import os
 from pathlib import Path
 
 from .common import (CLIError, _Console, _check_output_folders, _check_outputs, _check_suffix, _device,
-                     _expand_inputs, _make_output_folder)
+                     _expand_inputs, _make_output_folder, _solver_from_option)
 from .figures import _panels, _scores, write_comparison
 from .problems import _build_problem
 from .running import (_clipping_warning, _load_prior, _make_sampler, _optimize_noise, _range_warnings, _run,
-                      _summary, _tiled)
+                      _show_progress, _summary, _tiled)
 
 
 def cmd_restore(args, console: _Console) -> int:
@@ -56,10 +56,7 @@ def cmd_restore(args, console: _Console) -> int:
             raise FileNotFoundError(f"image file not found: {p}")
     _check_outputs(outputs + [c for c in compares if c is not None], inputs
                    + [g for g in gts if g is not None], args.overwrite)
-    if args.solver not in (None, "auto"):
-        from ..solver import get_solver
-
-        get_solver(args.solver)  # fail before loading anything
+    _solver_from_option(args.solver)   # fail before loading anything
     device = _device(args.device)
     if many:
         _make_output_folder(out)
@@ -87,7 +84,7 @@ def cmd_restore(args, console: _Console) -> int:
                                f"restored image is {problem.image_shape[1]}x{problem.image_shape[2]}")
         the_prior = _tiled(prior, problem.image_shape[1:], args.tile_overlap, console)
         sampler = _make_sampler(the_prior, problem.operator, args, problem.sigma_y,
-                                progress=not args.quiet and not args.sequential)
+                                progress=_show_progress(args))
         for warning in problem.warnings + _range_warnings(prior, problem.image_shape, args.checkpoint):
             console.warn(f"{problem.source}: {warning}")
         y = problem.y.to(device)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .common import CLIError, _Console
+from .common import CLIError, _Console, _solver_from_option
 
 
 def _load_prior(args, device: torch.device, console: _Console):
@@ -42,11 +42,9 @@ def _make_sampler(prior, op, args, sigma_y: float, progress: bool):
     from ..cost import enable_disk_cache
 
     enable_disk_cache()   # batch costs measured once per prior, device and size, across runs
-    kwargs = {"solver": "auto"}   # the CLI default: parallel only where it is predicted faster
-    if args.solver not in (None, "auto"):
-        from ..solver import get_solver
-
-        kwargs["solver"] = get_solver(args.solver)  # ValueError lists the known solvers
+    solver = _solver_from_option(args.solver)
+    # the CLI default, auto: parallel only where it is predicted faster
+    kwargs = {"solver": "auto" if solver is None else solver}
     for name in ("steps", "etw", "nw", "chain", "t_max"):
         value = getattr(args, name, None)
         if value is not None:
@@ -125,17 +123,36 @@ def _optimize_noise(sampler, y, args, problem, device, console: _Console) -> tor
         loss = ReferenceLoss(reference.to(device), norm=args.reference_loss)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     result = optimize_noise(sampler, y, loss, generator=generator, gradient=args.gradient,
-                            steps=args.opt_steps, lr=args.opt_lr, progress=not args.quiet)
+                            steps=args.opt_steps, lr=args.opt_lr, progress=_show_progress(args))
     console.info(f"noise optimisation: {result.summary()}")
     return result.image.detach().cpu()
 
 
 def _summary(label: str, result, sampler, sequential: bool) -> str:
+    """One line: how the image was obtained, in steps (the sequential chain) or rounds (a solver),
+    and for a solver its status with the quantity compared with tol."""
     how = "sequential" if sequential else type(sampler.solver).__name__.lower()
     if getattr(result, "choice", None) is not None:
         how = result.choice.describe()
-    return (f"{label}: {result.status.value}, {result.rounds} rounds, {result.nfe} NFEs, "
-            f"{result.seconds:.1f} s wall-clock ({how}, T={sampler.steps})")
+    if result.report is None:   # the chain itself: nothing to certify
+        what = f"sequential chain, {result.rounds} steps"
+    else:
+        from ..solver import describe_status
+
+        what = f"{describe_status(result.status)}, {result.rounds} rounds"
+        if result.report.image_error is not None:
+            how_known = "exact" if result.report.image_error == 0 else "estimated"
+            what += (f", image within {result.report.image_error:.1e} of the sequential chain "
+                     f"({how_known}; tol {sampler.solver.tol:g})")
+    return (f"{label}: {what}, {result.nfe} NFEs, {result.seconds:.1f} s wall-clock "
+            f"({how}, T={sampler.steps})")
+
+
+def _show_progress(args) -> bool:
+    """Progress bars only for a person watching: not with --quiet, not when stderr is no terminal."""
+    import sys
+
+    return not args.quiet and sys.stderr.isatty()
 
 
 # --- issue 14: say when the prior is outside what it was trained for -------------------------------
