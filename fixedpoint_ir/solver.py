@@ -111,6 +111,10 @@ def relative_residual(fz: Tensor, z: Tensor) -> float:
 #: prior, inpainting: changes 0.058, 0.0091, 0.0017 with the error stuck at 1.0e-3).
 MAX_RATE = 0.9
 MIN_RATE = 0.5
+#: The estimate is doubled before it is compared with tol: on the shipped prior (16×16 crops,
+#: tests/test_honesty.py's problems) the undoubled estimate of a residual stop fell up to 1.6×
+#: below the true distance (Anderson, colorize: 9.5e-5 against 1.5e-4).
+SAFETY_FACTOR = 2.0
 
 
 def image_error_estimate(images: list[Tensor], solution: Tensor, max_rate: float = MAX_RATE) -> float:
@@ -123,7 +127,8 @@ def image_error_estimate(images: list[Tensor], solution: Tensor, max_rate: float
     larger of the last two ratios, clamped to [``MIN_RATE``, ``max_rate``] (``max_rate`` while
     fewer are known: a sequence that does not shrink is never certified below 9 d_K, and none
     below d_K); plus
-    max|solution − x_K| when the solver returns another iterate. Per image, relative to
+    max|solution − x_K| when the solver returns another iterate; the sum times
+    ``SAFETY_FACTOR`` (2). Per image, relative to
     max(1, that image's max-abs) — image units for images in [-1, 1], as the triangular solver's
     tol —; the largest over the images.
     """
@@ -140,7 +145,7 @@ def image_error_estimate(images: list[Tensor], solution: Tensor, max_rate: float
         rates = [torch.where(b == 0, torch.zeros_like(b), b / a) for a, b in zip(changes, changes[1:])]
         q = torch.maximum(*rates).nan_to_num(max_rate, posinf=max_rate).clamp(MIN_RATE, max_rate)
     q = torch.where(last == 0, torch.zeros_like(q), q)
-    estimate = q / (1 - q) * last + (out - xs[-1]).abs().amax(1)
+    estimate = SAFETY_FACTOR * (q / (1 - q) * last + (out - xs[-1]).abs().amax(1))
     value = float((estimate / out.abs().amax(1).clamp_min(1.0)).max())
     return value if math.isfinite(value) else math.inf
 
