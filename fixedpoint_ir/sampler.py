@@ -15,7 +15,7 @@ from .chain import Chain, ClosedFormMap, draw_noise
 from .chains.ddnm_plus import DDNMPlusChain
 from .checks import check_finite, check_observation, divergence_hint, warn_if_tf32
 from .cost import Choice
-from .defaults import DEFAULT_SOLVER, DEFAULT_STEPS
+from .constants import DEFAULT_SOLVER, DEFAULT_STEPS
 from .memory import MemoryPlan, MemoryPlanError
 from .priors.base import Prior
 from .schedule import StepCoefficients, uniform_timesteps

@@ -206,7 +206,10 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["restore", "--help"], ["restore"],
-                                  ["restore", "x.png", "-o", "y.png", "--steps", "0"], ["nonsense"]])
+                                  ["restore", "x.png", "-o", "y.png", "--steps", "0"], ["nonsense"],
+                                  ["restore", "no_such_input.png", "-o", "y.png"],
+                                  ["restore", "README.md", "-o", "pyproject.toml"],
+                                  ["restore", "README.md", "-o", "README.md.png", "--optimize-noise"]])
 def test_help_version_and_argument_errors_never_import_torch(argv):
     out = _python("import sys\nfrom fixedpoint_ir.cli import main\n"
                   f"code = main({argv!r})\n"

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import signal
 import sys
-import threading
 
-from .common import PROG, CLIError, _Console, _sampler_defaults, _seed
+from .common import PROG, CLIError, _Console, _interrupts_deferred, _sampler_defaults, _seed
 
 
 def _command(module: str, name: str):
@@ -21,27 +18,6 @@ def _command(module: str, name: str):
             command = getattr(importlib.import_module(f".{module}", __package__), name)
         return command(args, console)
     return run
-
-
-@contextlib.contextmanager
-def _interrupts_deferred():
-    """Hold Ctrl-C back until the block ends, then raise KeyboardInterrupt.
-
-    For the import of torch: a KeyboardInterrupt raised while its C++ start-up calls back into
-    Python aborts the process (pybind11: "terminate called after throwing …", status -6) instead
-    of reaching ``main``.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pending:
-        raise KeyboardInterrupt
 
 
 cmd_restore = _command("restore", "cmd_restore")

@@ -144,8 +144,8 @@ def _summary(label: str, result, sampler, sequential: bool) -> str:
             how_known = "exact" if result.report.image_error == 0 else "estimated"
             what += (f", image within {result.report.image_error:.1e} of the sequential chain "
                      f"({how_known}; tol {sampler.solver.tol:g})")
-    return (f"{label}: {what}, {result.nfe} NFEs, {result.seconds:.1f} s wall-clock "
-            f"({how}, T={sampler.steps})")
+    how = f"T={sampler.steps}" if how == "sequential" else f"{how}, T={sampler.steps}"
+    return f"{label}: {what}, {result.nfe} NFEs, {result.seconds:.1f} s wall-clock ({how})"
 
 
 def _show_progress(args) -> bool:
