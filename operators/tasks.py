@@ -153,9 +153,11 @@ def task_defaults(name: str) -> dict[str, Any]:
 
 
 def sampling_defaults(config: dict | None) -> dict[str, Any]:
-    """The Sampler defaults of a task config (``operator.task_config``): the task's own
-    (``Task.sampling``), updated by the entries the config records under ``"sampling"`` (a settings
-    file may pin or tune them). ``{}`` for a config that names no registered task.
+    """The Sampler defaults of a task config (``operator.task_config``): what the config records
+    under ``"sampling"`` when it has that entry (a settings file may pin them; ``{}`` means the
+    Sampler's own), else the task's (``Task.sampling``; a config written without the entry, by
+    hand or by an older version, still gets them). ``{}`` for a config that names no registered
+    task and records none.
 
     Every path that builds a problem — :func:`make_operator`, :func:`operator_from_config`, the
     command line's ``--task``, ``--mask``, ``--config`` and sidecars, and ``Sampler`` itself —
@@ -163,12 +165,11 @@ def sampling_defaults(config: dict | None) -> dict[str, Any]:
     """
     if not isinstance(config, dict):
         return {}
-    task = TASKS.get(config.get("task")) if isinstance(config.get("task"), str) else None
-    out = dict(task.sampling) if task is not None else {}
     recorded = config.get("sampling")
     if isinstance(recorded, dict):
-        out.update(recorded)
-    return out
+        return dict(recorded)
+    task = TASKS.get(config.get("task")) if isinstance(config.get("task"), str) else None
+    return dict(task.sampling) if task is not None else {}
 
 
 def task_config(name: str, image_shape, params: dict, sigma_y: float | None = None,
@@ -233,7 +234,7 @@ def operator_from_config(config: dict | str) -> Operator:
     except (KeyError, TypeError):
         raise ValueError("config must be a dict with keys 'task', 'image_shape', 'params'") from None
     op = make_operator(name, shape, sigma_y=config.get("sigma_y"), **params)
-    op.task_config["sampling"] = sampling_defaults(config)   # a config's own entries win
+    op.task_config["sampling"] = sampling_defaults(config)   # a config's own entry wins
     return op
 
 

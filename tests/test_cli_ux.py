@@ -38,12 +38,13 @@ def photo(tmp_path_factory) -> Path:
 def samplers(monkeypatch):
     """Run restore with the analytic prior (fast) and record every Sampler the CLI builds."""
     from fixedpoint_ir import GaussianMixturePrior
-    from fixedpoint_ir.cli import restore, running
+    from fixedpoint_ir.cli import restore
 
     built = []
+    original = restore._make_sampler
 
     def make(*args, **kwargs):
-        sampler = running._make_sampler(*args, **kwargs)
+        sampler = original(*args, **kwargs)
         built.append(sampler)
         return sampler
 
@@ -104,12 +105,14 @@ def test_a_config_may_pin_its_own_sampling(tmp_path, photo, samplers):
     y = tmp_path / "y.png"
     assert main(["degrade", str(photo), "-o", str(y), "--task", "sr4", "--quiet"]) == 0
     config = json.loads((tmp_path / "y.png.json").read_text())
-    config["task_config"]["sampling"] = {"etw": 0.5}
+    config["task_config"]["sampling"] = {"etw": 0.5, "nw": 0.25}
     (tmp_path / "y.png.json").write_text(json.dumps(config))
     assert main(["restore", str(y), "-o", str(tmp_path / "a.png"), "--steps", "2", "--sequential",
                  "--quiet"]) == 0
-    assert samplers[0].etw == 0.5 and samplers[0].nw == TASKS["sr4"].sampling["nw"]
-    assert sampling_defaults({"task": "sr4", "sampling": {"etw": 0.5}})["etw"] == 0.5
+    assert (samplers[0].etw, samplers[0].nw, samplers[0].t_max) == (0.5, 0.25, None)
+    assert sampling_defaults({"task": "sr4", "sampling": {"etw": 0.5}}) == {"etw": 0.5}
+    assert sampling_defaults({"task": "sr4", "sampling": {}}) == {}            # the Sampler's own
+    assert sampling_defaults({"task": "sr4"}) == TASKS["sr4"].sampling          # no entry: the task's
     assert sampling_defaults({"task": "no such task"}) == {} and sampling_defaults(None) == {}
 
 

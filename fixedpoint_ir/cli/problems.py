@@ -5,14 +5,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:   # torch is imported where it is used: `--help` never needs it
+    import torch
 
 from .common import PROG, CLIError, _find, _parse_params
 
 
 def _grey_weights(op) -> torch.Tensor:
     """The channel weights that turn an RGB file into a one-channel observation."""
+    import torch
     from ..operators import Colorization
 
     c = _find(op, Colorization)
@@ -28,6 +31,8 @@ def observation_from_image(x: torch.Tensor, op, image_shape, notes: list[str] | 
     are Σ_c w_c x_c with the operator's channel weights (a grey file, read as three equal
     channels, gives (Σ w) · grey — exactly what :func:`image_from_observation` wrote).
     """
+    import torch
+
     expected = tuple(op.y_shape(tuple(image_shape)))
     h, w = x.shape[-2:]
     if tuple(expected[-2:]) != (h, w):
@@ -112,6 +117,7 @@ def _load_config(path: Path) -> dict:
 
 def _operator_from_sidecar(config: dict, config_path: Path, notes: list[str]):
     """The operator of a degrade sidecar; inpainting masks come from the saved mask image."""
+    import torch
     from ..operators import Mask
     from ..operators.masks import mask_from_image
     from ..operators.tasks import operator_from_config, sampling_defaults

@@ -6,6 +6,10 @@ from pathlib import Path
 
 from .common import (CLIError, _Console, _check_output_folders, _check_outputs, _check_suffix, _device,
                      _expand_inputs, _import_torch, _make_output_folder, _solver_from_option)
+from .figures import _panels, _scores, write_comparison
+from .problems import _build_problem
+from .running import (_clipping_warning, _load_prior, _make_sampler, _optimize_noise, _range_warnings, _run,
+                      _show_progress, _summary, _tiled)
 
 
 def cmd_restore(args, console: _Console) -> int:
@@ -54,10 +58,6 @@ def cmd_restore(args, console: _Console) -> int:
                    + [g for g in gts if g is not None], args.overwrite)
     _import_torch()   # the checks above answer without it
     from ..images import read_image, write_image
-    from .figures import _panels, _scores, write_comparison
-    from .problems import _build_problem
-    from .running import (_clipping_warning, _load_prior, _make_sampler, _optimize_noise, _range_warnings,
-                          _run, _show_progress, _summary, _tiled)
 
     _solver_from_option(args.solver)   # fail before loading anything
     device = _device(args.device)

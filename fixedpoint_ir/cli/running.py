@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:   # torch is imported where it is used: `--help` never needs it
+    import torch
 
 from .common import CLIError, _Console, _solver_from_option
 
@@ -65,6 +67,8 @@ def _make_sampler(prior, op, args, sigma_y: float, progress: bool):
 
 def _run(sampler, y, seed: int, device: torch.device, sequential: bool, console: _Console,
          verbose: bool = False):
+    import torch
+
     generator = torch.Generator(device=device).manual_seed(seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -105,6 +109,7 @@ def _verbose_lines(result) -> list[str]:
 
 def _optimize_noise(sampler, y, args, problem, device, console: _Console) -> torch.Tensor:
     """--optimize-noise: optimise x_T toward --reference through the equilibrium (DEQ inversion)."""
+    import torch
     from ..images import read_image
     from ..inversion import optimize_noise
     from ..losses import ColorLoss, ReferenceLoss
