@@ -191,8 +191,8 @@ def test_summaries_name_the_status_and_the_quantity_compared_with_tol(tmp_path, 
                      solver]) == 0
         out = capsys.readouterr().out
         line = next(l for l in out.splitlines() if "->" in l)
-        assert ("converged, " in line and "of the sequential chain" in line and "tol 0.001" in line) \
-            or "stopped (not certified)" in line, line
+        assert ("converged, " in line and "image within" in line and "tol 0.001" in line) \
+            or ("stopped (not certified)" in line and "estimated distance" in line and "> tol 0.001" in line), line
         assert "residual" not in line, line
 
 

@@ -145,10 +145,12 @@ def _summary(label: str, result, sampler, sequential: bool) -> str:
         from ..solver import describe_status
 
         what = f"{describe_status(result.status)}, {result.rounds} rounds"
-        if result.report.image_error is not None:
-            how_known = "exact" if result.report.image_error == 0 else "estimated"
-            what += (f", image within {result.report.image_error:.1e} of the sequential chain "
-                     f"({how_known}; tol {sampler.solver.tol:g})")
+        error, tol = result.report.image_error, sampler.solver.tol
+        if error is not None and result.converged:
+            how_known = "exact" if error == 0 else "estimated"
+            what += f", image within {error:.1e} of the sequential chain ({how_known}; tol {tol:g})"
+        elif error is not None:
+            what += f", estimated distance to the sequential chain {error:.1e} > tol {tol:g}"
     how = f"T={sampler.steps}" if how == "sequential" else f"{how}, T={sampler.steps}"
     return f"{label}: {what}, {result.nfe} NFEs, {result.seconds:.1f} s wall-clock ({how})"
 
