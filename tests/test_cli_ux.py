@@ -93,7 +93,7 @@ def test_task_defaults_travel_through_main_on_every_path(task, tmp_path, photo, 
                      *run]) == 0                                                             # --mask
         paths += 1
     assert len(samplers) == paths
-    expected = _expected("inpaint_file" if False else task, 2)
+    expected = _expected(task, 2)
     for k, sampler in enumerate(samplers):
         if k == 4 and task != "old_photo":   # --mask alone is the inpaint_file task: the user's mask
             assert _settings(sampler) == _expected("inpaint_file", 2), task
@@ -186,7 +186,7 @@ def test_summaries_name_the_status_and_the_quantity_compared_with_tol(tmp_path, 
     y = tmp_path / "y.png"
     assert main(["degrade", str(photo), "-o", str(y), "--task", "sr4", "--quiet"]) == 0
     capsys.readouterr()
-    for k, solver in enumerate(["triangular", "picard", "anderson"]):
+    for solver in ["triangular", "picard", "anderson"]:
         assert main(["restore", str(y), "-o", str(tmp_path / f"{solver}.png"), "--steps", "6", "--solver",
                      solver]) == 0
         out = capsys.readouterr().out
