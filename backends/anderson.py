@@ -114,12 +114,12 @@ class Anderson(FixedPointSolver):
             xs.append(flat(z))
             fs.append(flat(fz))
             del xs[:-self.m], fs[:-self.m]
-            if residual < self.tol:
-                status = Status.CONVERGED
-                break
             if self.exact_prefix and last_fx_exact == rows:
                 status = Status.CONVERGED
                 loop.info["exact"] = True
+                break
+            if residual < self.tol:
+                status = Status.CONVERGED
                 break
             if loop.rounds < self.warmup or len(xs) < 2:
                 z, exact = fz, last_fx_exact
@@ -134,4 +134,4 @@ class Anderson(FixedPointSolver):
                 z[:last_fx_exact] = fz[:last_fx_exact]
             exact = last_fx_exact if self.exact_prefix else 0
         solution = last_fx if (self.return_image or loop.info.get("exact")) else last_x
-        return loop.report(solution, status, safeguard_fallbacks=fallbacks)
+        return loop.report(solution, status, exact=bool(loop.info.get("exact")), safeguard_fallbacks=fallbacks)

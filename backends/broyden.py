@@ -91,12 +91,12 @@ class Broyden(FixedPointSolver):
                     del us[:-self.m], vs[:-self.m]
             last = (z, g, fz)
             last_fx_exact = min(exact + 1, rows)   # row j of F(z) is exact when rows < j of z are
-            if residual < self.tol:
-                status = Status.CONVERGED
-                break
             if self.exact_prefix and last_fx_exact == rows:   # F(z) is the sequential answer
                 status = Status.CONVERGED
                 loop.info["exact"] = True
+                break
+            if residual < self.tol:
+                status = Status.CONVERGED
                 break
             z = z - apply_h(g)
             if self.exact_prefix:
@@ -105,4 +105,5 @@ class Broyden(FixedPointSolver):
                 exact = last_fx_exact
         use_image = self.return_image or loop.info.get("exact")
         solution = last[2] if (use_image and last is not None) else (last[0] if last else z)
-        return loop.report(solution.view_as(z0), status, safeguard_fallbacks=fallbacks)
+        return loop.report(solution.view_as(z0), status, exact=bool(loop.info.get("exact")),
+                           safeguard_fallbacks=fallbacks)

@@ -14,7 +14,8 @@ class Picard(FixedPointSolver):
 
     After k rounds the first k rows are exact (row j of F depends only on rows < j), so after
     T = number of rows rounds the iterate is the fixed point; ``exact_after_rows`` reports
-    convergence then even when the residual test has not fired yet.
+    convergence then even when the residual test has not fired yet. A stop on the residual
+    (< tol) before that is certified by the image estimate, else reported as ``stopped``.
     """
 
     name = "picard"
@@ -32,8 +33,8 @@ class Picard(FixedPointSolver):
             if diverged:
                 return loop.report(z, Status.DIVERGED)
             z = fz
-            if residual < self.tol:
-                return loop.report(z, Status.CONVERGED)
             if self.exact_after_rows and loop.rounds >= loop.num_rows:
                 return loop.report(z, Status.CONVERGED, exact=True)
+            if residual < self.tol:
+                return loop.report(z, Status.CONVERGED)
         return loop.report(z, Status.MAX_ROUNDS)

@@ -269,6 +269,9 @@ class Triangular(FixedPointSolver):
                 break
         info = dict(rows_evaluated=rows_evaluated, accepted_rows=prefix.tolist(),
                     accepted_history=accepted_history, safeguard_fallbacks=fallbacks)
+        if self.stop == "estimate" and status is Status.CONVERGED:
+            # What was compared with tol: the accepted rows' summed error estimates.
+            info["image_error"] = float(budget_used.max()) * self.tol
         return SolverReport(z, rounds, residuals, status, info)
 
     def _error_share(self, delta, history, row_tols):

@@ -366,8 +366,10 @@ class Chain:
         e = self.eps(z, start, stop)
         return self.replay(e, start, None if start == 0 else z[start - 1])
 
-    def sequential(self) -> Tensor:
-        """The reference: T network calls one after another. Returns the trajectory (T, N, C, H, W)."""
+    def sequential(self, on_step: Callable[[int], None] | None = None) -> Tensor:
+        """The reference: T network calls one after another. Returns the trajectory (T, N, C, H, W).
+
+        ``on_step(j)`` is called after step j (a progress bar)."""
         x, out = self.x_T, []
         n = x.shape[0]
         for j in range(self.num_rows):
@@ -378,6 +380,8 @@ class Chain:
             self.network_calls += 1
             x = self.step(j, x, e)
             out.append(x)
+            if on_step is not None:
+                on_step(j)
         return torch.stack(out)
 
 

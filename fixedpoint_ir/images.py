@@ -39,7 +39,7 @@ __all__ = ["ImageReadError", "read_image", "write_image", "atomic_path", "to_uni
            "image_size", "WRITABLE_SUFFIXES", "remove_stale_partials", "check_writable"]
 
 #: File suffixes :func:`write_image` accepts (the format follows the suffix).
-WRITABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from .constants import WRITABLE_SUFFIXES  # noqa: E402  (torch-free, for the command line)
 
 
 class ImageReadError(ValueError):
@@ -312,7 +312,7 @@ def write_image(x: Tensor, path, overwrite: bool = False) -> Path:
 
 
 # --- float observations (issue 15): y written and read back exactly, no 8-bit quantisation ------
-FLOAT_SUFFIXES = (".npy", ".pt")
+from .constants import FLOAT_SUFFIXES  # noqa: E402
 
 #: Standard deviation of the rounding error of an 8-bit file on the [-1, 1] scale: a uniform error
 #: over one step 2/255 has standard deviation (2/255)/√12.

@@ -15,10 +15,12 @@ from .chain import Chain, ClosedFormMap, draw_noise
 from .chains.ddnm_plus import DDNMPlusChain
 from .checks import check_finite, check_observation, divergence_hint, warn_if_tf32
 from .cost import Choice
+from .constants import DEFAULT_SOLVER, DEFAULT_STEPS
 from .memory import MemoryPlan, MemoryPlanError
 from .priors.base import Prior
 from .schedule import StepCoefficients, uniform_timesteps
-from .solver import FixedPointSolver, RoundInfo, SolverDivergedError, SolverReport, Status, get_solver
+from .solver import (FixedPointSolver, RoundInfo, SolverDivergedError, SolverReport, Status, describe_status,
+                     get_solver)
 from .surrogate import GaussianSurrogate, WhiteGaussian, as_surrogate
 
 __all__ = ["Sampler", "Result"]
@@ -31,7 +33,10 @@ class Result:
     """A restoration: the image (N, C, H, W), all states (T, N, C, H, W) and how it was obtained.
 
     ``nfe`` counts network evaluations per image; ``rounds`` is the parallel depth (calls of F, or
-    T for the sequential sampler); ``seconds`` is wall-clock.
+    T steps for the sequential sampler); ``seconds`` is wall-clock. ``status``: ``converged`` is
+    certified (the image within tol of the sequential chain; the sequential sampler is the chain
+    itself), ``stopped`` is a solver's own stop that could not be certified (see
+    :class:`~fixedpoint_ir.solver.Status`).
     """
 
     image: Tensor
@@ -49,9 +54,21 @@ class Result:
     def converged(self) -> bool:
         return self.status is Status.CONVERGED
 
+    @property
+    def sequential(self) -> bool:
+        """Whether the image came from the sequential chain (no solver)."""
+        return self.report is None
+
     def summary(self) -> str:
-        text = (f"{self.status.value}: {self.rounds} rounds, {self.nfe} network evaluations per image, "
-                f"{self.seconds:.2f} s")
+        if self.sequential:
+            text = (f"{self.status.value} (sequential chain): {self.rounds} steps, {self.nfe} network "
+                    f"evaluations per image, {self.seconds:.2f} s")
+        else:
+            text = (f"{describe_status(self.status)}: {self.rounds} rounds, {self.nfe} network "
+                    f"evaluations per image, {self.seconds:.2f} s")
+            if self.report.image_error is not None:
+                text += f", image error {self.report.image_error:.2g}"
+                text += " (exact)" if self.report.image_error == 0 else " (estimated)"
         if self.choice is not None:
             text += f"; {self.choice.describe()}"
         return text
@@ -107,8 +124,8 @@ class Sampler:
             from pure noise.
     """
 
-    def __init__(self, prior: Prior, operator=None, solver: str | FixedPointSolver = "triangular", *,
-                 steps: int = 20, etw: float | None = None, nw: float | None = None,
+    def __init__(self, prior: Prior, operator=None, solver: str | FixedPointSolver = DEFAULT_SOLVER, *,
+                 steps: int = DEFAULT_STEPS, etw: float | None = None, nw: float | None = None,
                  noise: str | None = None,
                  init: str = "surrogate", closed_form: bool = False, progress: bool = False,
                  sigma_y: float = 0.0, surrogate: GaussianSurrogate | tuple[float, float] | None = None,
@@ -117,7 +134,9 @@ class Sampler:
             raise TypeError(f"prior must be a fixedpoint_ir Prior, got {type(prior).__name__}; "
                             "wrap an nn.Module with ModulePrior")
         # --- per-task sampling defaults (issue 15) ---
-        task_sampling = dict((getattr(operator, "task_config", None) or {}).get("sampling") or {})
+        from .operators.tasks import sampling_defaults
+
+        task_sampling = sampling_defaults(getattr(operator, "task_config", None))
         etw = task_sampling.get("etw", 0.1) if etw is None else etw
         nw = task_sampling.get("nw", 0.0) if nw is None else nw
         noise = task_sampling.get("noise", "per_step") if noise is None else noise
@@ -376,9 +395,14 @@ class Sampler:
 
     def _run_sequential(self, chain: Chain) -> Result:
         plan = self._memory_plan(chain, "sequential")
+        bar = _progress_bar(chain.num_rows, "sequential steps", "step") if self.progress else None
         start = time.perf_counter()
-        with _max_batch(self.prior, plan), torch.no_grad():
-            states = chain.sequential()
+        try:
+            with _max_batch(self.prior, plan), torch.no_grad():
+                states = chain.sequential(None if bar is None else lambda j: bar.update(1))
+        finally:
+            if bar is not None:
+                bar.close()
         seconds = time.perf_counter() - start
         if not torch.isfinite(states).all():   # the parallel path raises on this too (never a grey image)
             bad = [j for j in range(states.shape[0]) if not torch.isfinite(states[j]).all()]
@@ -413,15 +437,11 @@ class Sampler:
             z0 = init.to(chain.x_T.dtype)
         f = self.fixed_point_map(chain)
         warn_if_tf32(chain.x_T.device, self.solver.tol)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.solver.round_limit(z0), desc="solver rounds", unit="round")
+        bar = _progress_bar(self.solver.round_limit(z0), "solver rounds", "round") if self.progress else None
 
         def on_round(info: RoundInfo) -> None:
             if bar is not None:
-                bar.set_postfix(residual=f"{info.residual:.2e}", refresh=False)
+                bar.set_postfix(_round_postfix(info, chain.num_rows), refresh=False)
                 bar.update(1)
             if callback is not None:
                 callback(info)
@@ -432,6 +452,9 @@ class Sampler:
         try:
             with _max_batch(self.prior, plan), torch.no_grad():
                 report = self.solver.solve(f, z0, split.wrap(on_round))
+            if bar is not None and report.image_error is not None:   # what was compared with tol
+                bar.set_postfix({"image error": f"{report.image_error:.1e}", "tol": f"{self.solver.tol:g}"},
+                                refresh=False)
         finally:
             if bar is not None:
                 bar.total = bar.n  # a solver that stops early ends the bar at 100 %
@@ -448,9 +471,32 @@ class Sampler:
             warnings.warn(f"{type(self.solver).__name__} stopped after {report.rounds} rounds without "
                           f"converging (relative residual {last:.3g} > tol {self.solver.tol:g})",
                           RuntimeWarning, stacklevel=3)
+        elif report.status is Status.STOPPED:
+            estimate = report.image_error
+            how = "" if estimate is None else f" (estimated distance {estimate:.2g})"
+            warnings.warn(f"{type(self.solver).__name__} stopped after {report.rounds} rounds on its own "
+                          f"rule, but the image is not certified within tol {self.solver.tol:g} of the "
+                          f"sequential chain{how}; the 'triangular' solver certifies its stops, and picard, "
+                          "anderson and broyden with tol=0 reach the exact answer in at most T rounds",
+                          RuntimeWarning, stacklevel=3)
         states = report.solution
         return Result(states[-1], states, report.rounds, chain.nfe, seconds, report.status,
                       list(report.residuals), report, memory=plan)
+
+
+def _progress_bar(total: int, desc: str, unit: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
+
+
+def _round_postfix(info: RoundInfo, rows: int) -> dict:
+    """The bar's postfix after a round: the rows accepted where the solver says (triangular), else
+    its residual, named as what it is (not the image's error: that is shown at the end)."""
+    prefix = info.extra.get("prefix") if isinstance(info.extra, dict) else None
+    if prefix:
+        return {"rows accepted": f"{min(prefix)}/{rows}"}
+    return {"residual": f"{info.residual:.2e}"}
 
 
 @contextmanager

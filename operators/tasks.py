@@ -31,7 +31,7 @@ from .masks import (DEFAULT_TEXT, box_mask, mask_from_image, random_mask, scratc
 from .superres import AveragePool, Bicubic
 
 __all__ = ["Task", "TASKS", "make_operator", "list_tasks", "task_defaults", "operator_from_config",
-           "describe_tasks"]
+           "describe_tasks", "sampling_defaults", "task_config"]
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,38 @@ def task_defaults(name: str) -> dict[str, Any]:
     return copy.deepcopy(_task(name).defaults)
 
 
+def sampling_defaults(config: dict | None) -> dict[str, Any]:
+    """The Sampler defaults of a task config (``operator.task_config``): what the config records
+    under ``"sampling"`` when it has that entry (a settings file may pin them; ``{}`` means the
+    Sampler's own), else the task's (``Task.sampling``; a config written without the entry, by
+    hand or by an older version, still gets them). ``{}`` for a config that names no registered
+    task and records none.
+
+    Every path that builds a problem — :func:`make_operator`, :func:`operator_from_config`, the
+    command line's ``--task``, ``--mask``, ``--config`` and sidecars, and ``Sampler`` itself —
+    goes through this function, so a task's defaults travel with it.
+    """
+    if not isinstance(config, dict):
+        return {}
+    recorded = config.get("sampling")
+    if isinstance(recorded, dict):
+        return dict(recorded)
+    task = TASKS.get(config.get("task")) if isinstance(config.get("task"), str) else None
+    return dict(task.sampling) if task is not None else {}
+
+
+def task_config(name: str, image_shape, params: dict, sigma_y: float | None = None,
+                sampling: dict | None = None) -> dict[str, Any]:
+    """The JSON-serialisable settings of a problem: {"task", "image_shape", "params", "sigma_y",
+    "sampling"} (σ_y and the sampling defaults the task's unless given)."""
+    task = _task(name)
+    config = {"task": name, "image_shape": [int(v) for v in image_shape], "params": params,
+              "sigma_y": float(task.sigma_y if sigma_y is None else sigma_y)}
+    config["sampling"] = sampling_defaults({"task": name, "sampling": sampling})
+    json.dumps(config)  # fail here, not when the CLI saves it
+    return config
+
+
 def _jsonable(value):
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
@@ -188,22 +220,22 @@ def make_operator(name: str, image_shape, generator: torch.Generator | None = No
         params["seed"] = int(torch.randint(0, 2 ** 31 - 1, (), generator=generator))
     op = task.build(shape, **params)
     op.y_shape(shape)
-    op.task_config = {"task": name, "image_shape": list(shape), "params": params,
-                      "sigma_y": float(task.sigma_y if sigma_y is None else sigma_y),
-                      "sampling": dict(task.sampling)}
-    json.dumps(op.task_config)  # fail here, not when the CLI saves it
+    op.task_config = task_config(name, shape, params, sigma_y)
     return op
 
 
 def operator_from_config(config: dict | str) -> Operator:
-    """Rebuild an operator from ``operator.task_config`` (a dict or its JSON text)."""
+    """Rebuild an operator from ``operator.task_config`` (a dict or its JSON text); its sampling
+    defaults are :func:`sampling_defaults` of the config."""
     if isinstance(config, str):
         config = json.loads(config)
     try:
         name, shape, params = config["task"], config["image_shape"], config["params"]
     except (KeyError, TypeError):
         raise ValueError("config must be a dict with keys 'task', 'image_shape', 'params'") from None
-    return make_operator(name, shape, sigma_y=config.get("sigma_y"), **params)
+    op = make_operator(name, shape, sigma_y=config.get("sigma_y"), **params)
+    op.task_config["sampling"] = sampling_defaults(config)   # a config's own entry wins
+    return op
 
 
 def describe_tasks() -> str:

@@ -53,19 +53,24 @@ def test_backend_converges_to_sequential_chain(solver, op, noise):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result, ref = _run(sampler, y)
-    assert result.converged, (solver, result.residuals[-3:])
+    # Every backend stops on the sequential answer; those that cannot certify it say "stopped".
+    assert result.status in (Status.CONVERGED, Status.STOPPED), (solver, result.residuals[-3:])
     err = (result.image - ref.image).norm() / ref.image.norm()
     assert err <= 1e-6, err
+    if result.converged:   # certified: within tol, relative max-abs
+        tol = sampler.solver.tol
+        assert (result.image - ref.image).abs().max() <= tol * max(1.0, ref.image.abs().max()), solver
 
 
 def test_published_anderson_reports_convergence_only_with_small_residual():
-    """The published configuration may stop short; when it says converged, its residual is small."""
+    """The published configuration may stop short; when its rule fires (converged or stopped), its
+    residual is small."""
     sampler, y = _problem("sr", Anderson.published())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result, ref = _run(sampler, y)
     assert result.rounds <= 15
-    if result.converged:
+    if result.status in (Status.CONVERGED, Status.STOPPED):   # its own rule fired
         assert result.residuals[-1] < 1e-3
     else:
         assert result.status is Status.MAX_ROUNDS and result.residuals[-1] >= 1e-3

@@ -23,14 +23,25 @@ outputs are checked before any slow or network work; ``--debug`` shows the trace
 Conversions of the input (grey, alpha, palette, 16-bit) are reported as notes; what makes the
 result doubtful (an image below the shipped prior's training size, a synthetic scratch mask,
 heavy clipping) as warnings, also with ``--quiet``.
+
+``--help``, ``--version`` and argument errors answer before torch is imported (the sub-commands
+import it when they run); Ctrl-C at any time ends with "interrupted" on stderr and status 130.
 """
 from __future__ import annotations
 
 from .app import build_parser, main
 from .common import CLIError, _Console
-from .figures import write_comparison
-from .problems import image_from_observation, observation_from_image
-from .running import _tiled
 
 __all__ = ["main", "build_parser", "CLIError", "write_comparison", "image_from_observation",
            "observation_from_image", "_Console", "_tiled"]
+#: the helpers that need torch, imported on first use (``--help`` never imports torch)
+_LAZY = {"write_comparison": ".figures", "image_from_observation": ".problems",
+         "observation_from_image": ".problems", "_tiled": ".running"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)

@@ -5,10 +5,24 @@ import argparse
 import math
 import sys
 
-from .common import PROG, CLIError, _Console, _sampler_defaults, _seed
-from .degrade import cmd_degrade
-from .demo import cmd_demo
-from .restore import cmd_restore
+from .common import PROG, CLIError, _Console, _interrupts_deferred, _sampler_defaults, _seed
+
+
+def _command(module: str, name: str):
+    """The sub-command ``name`` of ``module``, imported when it runs (argument parsing, ``--help``
+    and argument errors never import torch)."""
+    def run(args, console: _Console) -> int:
+        import importlib
+
+        with _interrupts_deferred():
+            command = getattr(importlib.import_module(f".{module}", __package__), name)
+        return command(args, console)
+    return run
+
+
+cmd_restore = _command("restore", "cmd_restore")
+cmd_degrade = _command("degrade", "cmd_degrade")
+cmd_demo = _command("demo", "cmd_demo")
 
 
 def cmd_tasks(args, console: _Console) -> int:
@@ -173,7 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 success, 2 user or file-system error, 1 internal error)."""
+    """Run the command line; returns the exit status (0 success, 2 user or file-system error, 1
+    internal error, 130 interrupted by Ctrl-C at any point, start-up included)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -186,9 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     try:
         return args.func(args, console)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
     except (CLIError, OSError, ValueError, KeyError) as e:   # the user's or the machine's, not ours
         if debug:
             raise

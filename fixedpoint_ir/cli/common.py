@@ -1,14 +1,14 @@
 """What every sub-command shares: the user-error type, the console, argument and path checks."""
 from __future__ import annotations
 
+import contextlib
 import glob
-import inspect
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-
-import torch
 
 PROG = "fixedpoint-ir"
 SIDECAR_FORMAT = "fixedpoint-ir degrade"
@@ -34,11 +34,52 @@ class _Console:
         print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
-def _sampler_defaults() -> dict:
-    from ..sampler import Sampler
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold Ctrl-C back until the block ends, then raise KeyboardInterrupt.
 
-    sig = inspect.signature(Sampler.__init__)
-    return {k: v.default for k, v in sig.parameters.items() if v.default is not inspect.Parameter.empty}
+    For the import of torch: a KeyboardInterrupt raised while its C++ start-up calls back into
+    Python aborts the process (pybind11: "terminate called after throwing …", status -6) instead
+    of reaching ``main``.
+    """
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:   # e.g. ignored (nohup)
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
+def _import_torch() -> None:
+    """Import torch (seconds) once the cheap argument checks passed, Ctrl-C held back meanwhile."""
+    with _interrupts_deferred():
+        import torch  # noqa: F401
+
+
+def _sampler_defaults() -> dict:
+    """The Sampler's default solver and steps, without importing torch (for ``--help``)."""
+    from ..constants import DEFAULT_SOLVER, DEFAULT_STEPS
+
+    return {"solver": DEFAULT_SOLVER, "steps": DEFAULT_STEPS}
+
+
+def _solver_from_option(name: str | None):
+    """The solver of ``--solver`` (None for auto, the default); an unknown name is a user error
+    that lists every accepted value, auto included."""
+    if name in (None, "auto"):
+        return None
+    from ..solver import available_solvers, get_solver
+
+    if name not in available_solvers():
+        raise ValueError(f"unknown solver {name!r} for --solver; choose auto (the default) or one of: "
+                         f"{', '.join(available_solvers())}")
+    return get_solver(name)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -109,7 +150,7 @@ def _seed(text: str) -> int:
 
 
 def _check_suffix(path: Path, what: str = "output") -> None:
-    from ..images import WRITABLE_SUFFIXES
+    from ..constants import WRITABLE_SUFFIXES
 
     if path.suffix.lower() not in WRITABLE_SUFFIXES:
         raise CLIError(f"cannot tell the image format of the {what} {path}: use one of "
@@ -142,7 +183,9 @@ def _parse_params(items: list[str] | None) -> dict:
     return params
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str):
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError as e:

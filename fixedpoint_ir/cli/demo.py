@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 
 from .common import (CLIError, _Console, _check_output_folders, _check_outputs, _device, _make_output_folder,
-                     _parse_params)
+                     _parse_params, _solver_from_option)
 from .figures import _panels, write_comparison
 from .problems import Problem, image_from_observation
-from .running import _clipping_warning, _load_prior, _make_sampler, _range_warnings, _run, _summary, _tiled
+from .running import (_clipping_warning, _load_prior, _make_sampler, _range_warnings, _run, _show_progress,
+                      _summary, _tiled)
 
 
 def cmd_demo(args, console: _Console) -> int:
@@ -24,10 +25,7 @@ def cmd_demo(args, console: _Console) -> int:
         raise CLIError(f"unknown demo photo {args.photo!r}; choose one of {', '.join(HOLDOUT)}")
     if args.size < 16:
         raise CLIError(f"--size must be at least 16, got {args.size}")
-    if args.solver not in (None, "auto"):
-        from ..solver import get_solver
-
-        get_solver(args.solver)
+    _solver_from_option(args.solver)
     device = _device(args.device)
     folder = Path(args.output)
     stem = f"{args.photo}_{args.task}"
@@ -48,7 +46,7 @@ def cmd_demo(args, console: _Console) -> int:
     for warning in _range_warnings(prior, shape, args.checkpoint):
         console.warn(f"demo: {warning}")
     prior = _tiled(prior, shape[1:], args.tile_overlap, console)
-    sampler = _make_sampler(prior, op, args, sigma_y, progress=not args.quiet and not args.sequential)
+    sampler = _make_sampler(prior, op, args, sigma_y, progress=_show_progress(args))
     result = _run(sampler, y.to(device), args.seed, device, args.sequential, console, verbose=args.verbose)
     restored = result.image.detach().cpu()
     clipped = _clipping_warning(restored)

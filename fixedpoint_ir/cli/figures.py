@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:   # torch is imported where it is used: `--help` never needs it
+    import torch
 
 from .problems import Problem, image_from_observation
 
 
 def _display(x: torch.Tensor):
+    import torch
     import numpy as np
 
     a = ((x.detach().to("cpu", torch.float64)[0] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
@@ -47,6 +50,8 @@ def _scores(x, gt) -> str:
 
 
 def _panels(problem: Problem, restored: torch.Tensor, gt: torch.Tensor | None):
+    import torch
+
     op, y = problem.operator, problem.y
     with torch.no_grad():
         pinv = op.A_pinv(y)

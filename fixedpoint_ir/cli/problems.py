@@ -5,14 +5,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:   # torch is imported where it is used: `--help` never needs it
+    import torch
 
 from .common import PROG, CLIError, _find, _parse_params
 
 
 def _grey_weights(op) -> torch.Tensor:
     """The channel weights that turn an RGB file into a one-channel observation."""
+    import torch
     from ..operators import Colorization
 
     c = _find(op, Colorization)
@@ -28,6 +31,8 @@ def observation_from_image(x: torch.Tensor, op, image_shape, notes: list[str] | 
     are Σ_c w_c x_c with the operator's channel weights (a grey file, read as three equal
     channels, gives (Σ w) · grey — exactly what :func:`image_from_observation` wrote).
     """
+    import torch
+
     expected = tuple(op.y_shape(tuple(image_shape)))
     h, w = x.shape[-2:]
     if tuple(expected[-2:]) != (h, w):
@@ -112,9 +117,10 @@ def _load_config(path: Path) -> dict:
 
 def _operator_from_sidecar(config: dict, config_path: Path, notes: list[str]):
     """The operator of a degrade sidecar; inpainting masks come from the saved mask image."""
+    import torch
     from ..operators import Mask
     from ..operators.masks import mask_from_image
-    from ..operators.tasks import operator_from_config
+    from ..operators.tasks import operator_from_config, sampling_defaults
 
     tc = config["task_config"]
     if not isinstance(tc, dict) or not {"task", "image_shape", "params"} <= set(tc):
@@ -126,6 +132,7 @@ def _operator_from_sidecar(config: dict, config_path: Path, notes: list[str]):
             per_channel = bool(tc["params"].get("per_channel", False))
             op = Mask(mask_from_image(mpath, tuple(tc["image_shape"])[-2:], per_channel=per_channel))
             op.task_config = json.loads(json.dumps(tc))
+            op.task_config["sampling"] = sampling_defaults(tc)
             if tc["task"] != "inpaint_file":
                 try:
                     rebuilt = operator_from_config(tc)
@@ -147,7 +154,7 @@ def _old_photo_with_mask(shape, mask_path: Path, params: dict):
     """old_photo (scratches on a grey image) with the scratch mask read from an image file."""
     from ..operators.compose import old_photo
     from ..operators.masks import mask_from_image
-    from ..operators.tasks import task_defaults
+    from ..operators.tasks import task_config, task_defaults
 
     unknown = sorted(set(params) - {"weights"})
     if unknown:
@@ -157,9 +164,8 @@ def _old_photo_with_mask(shape, mask_path: Path, params: dict):
     if not mask_path.is_file():
         raise FileNotFoundError(f"mask image not found: {mask_path}")
     op = old_photo(mask_from_image(mask_path, tuple(shape[-2:])), weights)
-    op.task_config = {"task": "old_photo", "image_shape": list(shape),
-                      "params": {"weights": list(weights), "mask_file": os.fspath(mask_path)},
-                      "sigma_y": 0.0}
+    op.task_config = task_config("old_photo", shape,
+                                 {"weights": list(weights), "mask_file": os.fspath(mask_path)})
     return op
 
 

@@ -5,17 +5,17 @@ import os
 from pathlib import Path
 
 from .common import (CLIError, _Console, _check_output_folders, _check_outputs, _check_suffix, _device,
-                     _expand_inputs, _make_output_folder)
+                     _expand_inputs, _import_torch, _make_output_folder, _solver_from_option)
 from .figures import _panels, _scores, write_comparison
 from .problems import _build_problem
 from .running import (_clipping_warning, _load_prior, _make_sampler, _optimize_noise, _range_warnings, _run,
-                      _summary, _tiled)
+                      _show_progress, _summary, _tiled)
 
 
 def cmd_restore(args, console: _Console) -> int:
     if getattr(args, "optimize_noise", False) and not args.reference:
         raise CLIError("--optimize-noise needs --reference REF (the image to steer toward)")
-    from ..images import WRITABLE_SUFFIXES, read_image, write_image
+    from ..constants import WRITABLE_SUFFIXES
 
     inputs = _expand_inputs(args.inputs)
     out = Path(args.output)
@@ -56,10 +56,10 @@ def cmd_restore(args, console: _Console) -> int:
             raise FileNotFoundError(f"image file not found: {p}")
     _check_outputs(outputs + [c for c in compares if c is not None], inputs
                    + [g for g in gts if g is not None], args.overwrite)
-    if args.solver not in (None, "auto"):
-        from ..solver import get_solver
+    _import_torch()   # the checks above answer without it
+    from ..images import read_image, write_image
 
-        get_solver(args.solver)  # fail before loading anything
+    _solver_from_option(args.solver)   # fail before loading anything
     device = _device(args.device)
     if many:
         _make_output_folder(out)
@@ -68,7 +68,8 @@ def cmd_restore(args, console: _Console) -> int:
     _check_output_folders(outputs + [c for c in compares if c is not None])
     # Read and check every input before the first (slow) restoration.
     problems = []
-    from ..images import FLOAT_SUFFIXES, read_observation
+    from ..constants import FLOAT_SUFFIXES
+    from ..images import read_observation
 
     for p in inputs:
         x, notes = (read_observation(p), []) if p.suffix.lower() in FLOAT_SUFFIXES else read_image(p)
@@ -87,7 +88,7 @@ def cmd_restore(args, console: _Console) -> int:
                                f"restored image is {problem.image_shape[1]}x{problem.image_shape[2]}")
         the_prior = _tiled(prior, problem.image_shape[1:], args.tile_overlap, console)
         sampler = _make_sampler(the_prior, problem.operator, args, problem.sigma_y,
-                                progress=not args.quiet and not args.sequential)
+                                progress=_show_progress(args))
         for warning in problem.warnings + _range_warnings(prior, problem.image_shape, args.checkpoint):
             console.warn(f"{problem.source}: {warning}")
         y = problem.y.to(device)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:   # torch is imported where it is used: `--help` never needs it
+    import torch
 
-from .common import CLIError, _Console
+from .common import CLIError, _Console, _solver_from_option
 
 
 def _load_prior(args, device: torch.device, console: _Console):
@@ -42,11 +44,9 @@ def _make_sampler(prior, op, args, sigma_y: float, progress: bool):
     from ..cost import enable_disk_cache
 
     enable_disk_cache()   # batch costs measured once per prior, device and size, across runs
-    kwargs = {"solver": "auto"}   # the CLI default: parallel only where it is predicted faster
-    if args.solver not in (None, "auto"):
-        from ..solver import get_solver
-
-        kwargs["solver"] = get_solver(args.solver)  # ValueError lists the known solvers
+    solver = _solver_from_option(args.solver)
+    # the CLI default, auto: parallel only where it is predicted faster
+    kwargs = {"solver": "auto" if solver is None else solver}
     for name in ("steps", "etw", "nw", "chain", "t_max"):
         value = getattr(args, name, None)
         if value is not None:
@@ -67,6 +67,8 @@ def _make_sampler(prior, op, args, sigma_y: float, progress: bool):
 
 def _run(sampler, y, seed: int, device: torch.device, sequential: bool, console: _Console,
          verbose: bool = False):
+    import torch
+
     generator = torch.Generator(device=device).manual_seed(seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -107,6 +109,7 @@ def _verbose_lines(result) -> list[str]:
 
 def _optimize_noise(sampler, y, args, problem, device, console: _Console) -> torch.Tensor:
     """--optimize-noise: optimise x_T toward --reference through the equilibrium (DEQ inversion)."""
+    import torch
     from ..images import read_image
     from ..inversion import optimize_noise
     from ..losses import ColorLoss, ReferenceLoss
@@ -125,17 +128,38 @@ def _optimize_noise(sampler, y, args, problem, device, console: _Console) -> tor
         loss = ReferenceLoss(reference.to(device), norm=args.reference_loss)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     result = optimize_noise(sampler, y, loss, generator=generator, gradient=args.gradient,
-                            steps=args.opt_steps, lr=args.opt_lr, progress=not args.quiet)
+                            steps=args.opt_steps, lr=args.opt_lr, progress=_show_progress(args))
     console.info(f"noise optimisation: {result.summary()}")
     return result.image.detach().cpu()
 
 
 def _summary(label: str, result, sampler, sequential: bool) -> str:
+    """One line: how the image was obtained, in steps (the sequential chain) or rounds (a solver),
+    and for a solver its status with the quantity compared with tol."""
     how = "sequential" if sequential else type(sampler.solver).__name__.lower()
     if getattr(result, "choice", None) is not None:
         how = result.choice.describe()
-    return (f"{label}: {result.status.value}, {result.rounds} rounds, {result.nfe} NFEs, "
-            f"{result.seconds:.1f} s wall-clock ({how}, T={sampler.steps})")
+    if result.report is None:   # the chain itself: nothing to certify
+        what = f"sequential chain, {result.rounds} steps"
+    else:
+        from ..solver import describe_status
+
+        what = f"{describe_status(result.status)}, {result.rounds} rounds"
+        error, tol = result.report.image_error, sampler.solver.tol
+        if error is not None and result.converged:
+            how_known = "exact" if error == 0 else "estimated"
+            what += f", image within {error:.1e} of the sequential chain ({how_known}; tol {tol:g})"
+        elif error is not None:
+            what += f", estimated distance to the sequential chain {error:.1e} > tol {tol:g}"
+    how = f"T={sampler.steps}" if how == "sequential" else f"{how}, T={sampler.steps}"
+    return f"{label}: {what}, {result.nfe} NFEs, {result.seconds:.1f} s wall-clock ({how})"
+
+
+def _show_progress(args) -> bool:
+    """Progress bars only for a person watching: not with --quiet, not when stderr is no terminal."""
+    import sys
+
+    return not args.quiet and sys.stderr.isatty()
 
 
 # --- issue 14: say when the prior is outside what it was trained for -------------------------------
