@@ -178,7 +178,7 @@ class _Recorder(Triangular):
 
 def rho(args, path, data):
     """ρ per row and round along the replay's own directions (offline, from a logged run)."""
-    from torch.func import jvp
+    from torch.autograd.functional import jvp   # forward mode fails on the shipped UNet (a view)
 
     for setting in args.settings:
         for problem, prior, op, y, T in problems(args.tasks, args.photos, args.steps):
@@ -205,7 +205,7 @@ def rho(args, path, data):
                     continue
                 rows, u, d = [rows[i] for i in keep], u[keep], d[keep]
                 t = timesteps[rows]
-                _, jd = jvp(lambda v: prior.eps(v, t), (u.contiguous(),), (d.contiguous(),))
+                _, jd = jvp(lambda v: prior.eps(v, t), u.contiguous(), d.contiguous())
                 js = torch.stack([chain.surrogate_jvp(j, d[i:i + 1])[0] for i, j in enumerate(rows)])
                 gamma = rec["scale"][rows, 0].view(-1, 1, 1, 1)
                 flat = lambda v: v.flatten(1).double()  # noqa: E731
@@ -224,6 +224,77 @@ def rho(args, path, data):
             med = lambda name: statistics.median(r[name] for r in rows_out)  # noqa: E731
             print(f"{key}: median ρ {med('rho'):.3f}, surrogate {med('rho_surrogate'):.3f}, "
                   f"best scalar {med('rho_best_scalar'):.3f} ({len(rows_out)} rows×rounds)", flush=True)
+
+
+def gain(args, path, data):
+    """Does a linear model's gain from row j to the image bound the true one? (item 5's gate for
+    gain-weighted acceptance). δ_j = the baseline iterate's error at row j (z_j^k − z*_j, at the
+    round k where row j was accepted, and at the first round for a large δ) and one random δ of the
+    same max-abs size; the true gain is max|Δ image| / max|δ| of the sequential chain re-run from
+    z*_j + δ (all rows' perturbed chains batched per time step), the model's the same quantity for
+    the chain with ε linearised by the surrogate's Jacobian (γ = 1) and by the solver's last γ."""
+    for setting in args.settings:
+        for problem, prior, op, y, T in problems(args.tasks, args.photos, args.steps):
+            key = f"gain | {setting} | {problem}"
+            if key in data["entries"]:
+                continue
+            solver = _Recorder()
+            sampler = Sampler(prior, op, solver, steps=T, **SETTINGS[setting])
+            box, iterates = {}, []
+            original = sampler.chain
+            sampler.chain = lambda *a, **k: box.setdefault("chain", original(*a, **k))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                sampler.restore(y, generator=convergence.seeded(args.seed, y.device),
+                                callback=lambda info: iterates.append((info.fz.clone(), list(info.extra["prefix"]))))
+            chain = box["chain"]
+            star = chain.sequential()                                     # (T, 1, C, H, W)
+            e_star = chain.eps(star)                                      # ε along the sequential chain
+            gamma = solver.log[-1]["scale"][:, 0]
+            gen = torch.Generator().manual_seed(0)
+            starts, deltas, kinds = [], [], []
+            for j in range(T - 1):
+                accepted_at = next((k for k, (_, pre) in enumerate(iterates) if pre[0] > j), len(iterates) - 1)
+                for kind, k in (("error at acceptance", accepted_at), ("error at round 1", 0)):
+                    d = iterates[k][0][j] - star[j]
+                    if float(d.abs().max()) > 0:
+                        starts.append(j), deltas.append(d), kinds.append(kind)
+                d = torch.randn(star[j].shape, generator=gen, dtype=star.dtype)
+                size = max(float(deltas[-1].abs().max()) if deltas else 1e-3, 1e-6)
+                starts.append(j), deltas.append(d * size / float(d.abs().max())), kinds.append("random")
+            starts_t = torch.tensor(starts)
+            true = _propagate(chain, star, e_star, starts_t, torch.cat(deltas), exact=True)
+            model1 = _propagate(chain, star, e_star, starts_t, torch.cat(deltas), slope=torch.ones(T))
+            model_g = _propagate(chain, star, e_star, starts_t, torch.cat(deltas), slope=gamma)
+            size = torch.cat(deltas).flatten(1).abs().amax(1)
+            out = [dict(row=int(j), kind=kind, delta=float(size[i]),
+                        true=float(true[i] / size[i]), surrogate=float(model1[i] / size[i]),
+                        secant=float(model_g[i] / size[i]))
+                   for i, (j, kind) in enumerate(zip(starts, kinds))]
+            data["entries"][key] = dict(setting=setting, problem=problem, steps=T, rows=out)
+            save(path, data)
+            worst = max(r["true"] / max(r["surrogate"], 1e-30) for r in out)
+            print(f"{key}: largest true/model gain (γ = 1) {worst:.2f}; median true gain "
+                  f"{statistics.median(r['true'] for r in out):.3f}", flush=True)
+
+
+def _propagate(chain, star, e_star, starts, deltas, exact=False, slope=None):
+    """max|Δ image| for the chain from row starts[i] perturbed by deltas[i] (batched per step):
+    with the network (``exact``) or with ε linearised at the sequential chain (surrogate × slope)."""
+    T = star.shape[0]
+    x = star[starts, 0] + deltas                      # state after row j: z_j + δ
+    for i in range(1, T):
+        live = starts < i                             # chains that have reached row i
+        if not bool(live.any()):
+            continue
+        u = x[live]
+        if exact:
+            with torch.no_grad():
+                e = chain.prior.eps(u, chain.coefficients.timesteps[i].expand(u.shape[0]))
+        else:
+            e = e_star[i, 0] + float(slope[i]) * chain.surrogate_jvp(i, u - star[i - 1, 0])
+        x[live] = chain.step(i, u, e)
+    return (x - star[-1, 0]).flatten(1).abs().amax(1)
 
 
 def report(out: Path) -> str:
@@ -311,6 +382,7 @@ def main(argv=None):
     parser.add_argument("--tag", default="run")
     parser.add_argument("--rho", action="store_true", help="measure the Jacobian model's fidelity ρ")
     parser.add_argument("--row-stride", type=int, default=1, help="--rho: every k-th row (cost)")
+    parser.add_argument("--gain", action="store_true", help="check linear models' row-to-image gain")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -325,7 +397,7 @@ def main(argv=None):
     data.update(command="python benchmarks/acceleration.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 machine=f"2-core CPU, shared ({platform.machine()}, 1 thread, torch {torch.__version__})",
                 commit=commit())
-    (rho if args.rho else measure)(args, path, data)
+    (rho if args.rho else gain if args.gain else measure)(args, path, data)
 
 
 if __name__ == "__main__":
