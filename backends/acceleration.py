@@ -60,10 +60,16 @@ class RowAccelerator:
         if len(self.iterates) < 2:
             return fz
         if self.kind == "aitken":
-            step = self._aitken(residual, count >= 2)
+            out = z + self._aitken(residual, count >= 2)
         else:
-            step = self._anderson(residual, count)
-        out = z + step
+            # Only the rows with history take part (a window's worth): rows before them add
+            # nothing to the prefix sums, so the slice is exact and bounds the float64 buffers.
+            rows = (count >= 2).any(1).nonzero()
+            if not rows.numel():
+                return fz
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            out = fz.clone()
+            out[lo:hi] = z[lo:hi] + self._anderson(lo, hi, count[lo:hi])
         ok = torch.isfinite(out).flatten(2).all(-1) & mix
         return torch.where(ok.view(*ok.shape, *(1,) * (z.dim() - 2)), out, fz)
 
@@ -74,16 +80,17 @@ class RowAccelerator:
         factor = (1.0 / (1.0 - rate)).to(residual.dtype)
         return factor.view(*factor.shape, *(1,) * (residual.dim() - 2)) * residual
 
-    def _anderson(self, residual: Tensor, count: Tensor) -> Tensor:
+    def _anderson(self, lo: int, hi: int, count: Tensor) -> Tensor:
         """Type-II Anderson in difference form with ParaTAA's triangular least squares.
 
         With ΔZ, ΔR the differences of a row's stored iterates and residuals (k = count − 1
         columns), B_j = Σ_{p ≤ i ≤ j} ΔR_iᵀΔR_i, g_j = Σ ΔR_iᵀR_i (rows i with the same history),
         γ_j = (B_j + λ·tr(B_j)/k·I)⁻¹ g_j and z_j ← z_j + R_j − (ΔZ_j + ΔR_j) γ_j.
         """
+        residual = self.residuals[-1][lo:hi]
         shape = residual.shape
-        z_hist = torch.stack(self.iterates).flatten(3).double()     # (h, rows, n, D)
-        r_hist = torch.stack(self.residuals).flatten(3).double()
+        z_hist = torch.stack([z[lo:hi] for z in self.iterates]).flatten(3).double()   # (h, rows, n, D)
+        r_hist = torch.stack([r[lo:hi] for r in self.residuals]).flatten(3).double()
         h = z_hist.shape[0]
         dz, dr = z_hist[1:] - z_hist[:-1], r_hist[1:] - r_hist[:-1]   # (h−1, rows, n, D)
         # Columns older than a row's history are masked out (their Gram rows become identity).
