@@ -34,6 +34,8 @@ from torch import Tensor
 
 from fixedpoint_ir.solver import FixedPointSolver, RoundInfo, SolverReport, Status, register_solver
 
+from .acceleration import ACCELERATIONS, RowAccelerator
+
 __all__ = ["Triangular", "TriangularRecurrence"]
 
 
@@ -94,6 +96,14 @@ class Triangular(FixedPointSolver):
             convergence is within tol of the sequential chain.
         max_rate: the largest contraction the estimate assumes (a row whose change does not
             shrink needs change ≤ tol·(1 − max_rate)/max_rate).
+        accelerate: ``"none"`` (default), ``"anderson"`` (ParaTAA's triangular Anderson on the
+            replay's output, memory ``memory``), ``"aitken"`` (per-row Aitken relaxation) or
+            ``"damping"`` (the secant scales of rows past the first unaccepted one replayed as
+            (1 − ``damping``)·γ); see :mod:`backends.acceleration`. Rows up to the first
+            unaccepted one always take the plain step (exact after T rounds). Measured on the
+            learned prior in ``benchmarks/acceleration.py``.
+        memory: iterates per row kept by ``accelerate="anderson"`` (≥ 2).
+        damping: the ELK-style damping factor k of ``accelerate="damping"``, in [0, 1).
         safeguard: when a round's largest change exceeds ``safeguard`` × the previous one, or is
             not finite, the round is replayed without linearisation (DeqIR's F, a Picard step)
             and the scales γ reset to 1; network evaluations that returned NaN/Inf are
@@ -106,6 +116,7 @@ class Triangular(FixedPointSolver):
                  linearize: str = "secant", window: int | None = DEFAULT_WINDOW, freeze: bool = True,
                  reuse: float = 1.0, row_tol: str = "uniform", slope_bounds: tuple[float, float] = (0.0, 4.0),
                  stop: str = "estimate", safety: float | None = None, max_rate: float = 0.9,
+                 accelerate: str = "none", memory: int = 2, damping: float = 0.3,
                  safeguard: float | None = 100.0, divergence_factor: float = 1e4):
         super().__init__(tol, max_rounds, divergence_factor)
         if linearize not in LINEARIZE:
@@ -128,6 +139,18 @@ class Triangular(FixedPointSolver):
         if not 0 < max_rate < 1:
             raise ValueError(f"max_rate must lie in (0, 1), got {max_rate!r}")
         self.stop, self.safety, self.max_rate = stop, safety, max_rate
+        if accelerate not in ACCELERATIONS:
+            raise ValueError(f"accelerate must be one of {ACCELERATIONS}, got {accelerate!r}")
+        if not 0 <= damping < 1:
+            raise ValueError(f"damping must lie in [0, 1), got {damping!r}")
+        if accelerate == "anderson":
+            RowAccelerator("anderson", memory)    # validates memory
+        self.accelerate, self.memory, self.damping = accelerate, memory, damping
+
+    def _accelerator(self) -> RowAccelerator | None:
+        if self.accelerate in ("anderson", "aitken"):
+            return RowAccelerator(self.accelerate, self.memory)
+        return None
 
     def row_tolerances(self, f: TriangularRecurrence, rows: int) -> Tensor:
         if self.row_tol == "uniform":
@@ -165,9 +188,9 @@ class Triangular(FixedPointSolver):
         fallbacks = nan_rounds = 0
         accepted_history: list[list[int]] = []
         prev_hi, prev_guarded = torch.zeros(n, dtype=torch.long, device=dev), math.inf
-        # Per-row contraction history for the a-posteriori error estimate (NaN: unknown).
-        history = (torch.zeros_like(z0), torch.full((rows, n), math.nan, device=dev, dtype=dtype),
-                   torch.full((rows, n), math.nan, device=dev, dtype=dtype))
+        # Last round's (z, F(z), contraction) for the a-posteriori error estimate (None/NaN: unknown).
+        history = (None, None, torch.full((rows, n), math.nan, device=dev, dtype=dtype))
+        accelerator = self._accelerator()
         budget_used = torch.zeros(n, device=dev, dtype=dtype)   # error share of accepted rows
         status = Status.MAX_ROUNDS
         rounds = 0
@@ -201,7 +224,7 @@ class Triangular(FixedPointSolver):
             rounds += 1
             rows_evaluated.append(int(need.sum()))
 
-            fz, new_inputs = self._replay(f, z, e_cache, at, scale, prefix)
+            fz, new_inputs = self._replay(f, z, e_cache, at, self._damped(scale, prefix, row_index), prefix)
             change = (fz - z).abs().flatten(2).amax(-1)
             residual = float(change.max())
             # Compare like with like: rows that were already in last round's window.
@@ -217,7 +240,9 @@ class Triangular(FixedPointSolver):
                 change = (fz - z).abs().flatten(2).amax(-1)
                 residual = float(change.max())
                 guarded = math.inf  # no reference for the next comparison
-                history[1].fill_(math.nan)  # a different step: its rates say nothing
+                history = (None, None, history[2])  # a different step: its rates say nothing
+                if accelerator is not None:
+                    accelerator.reset()
             prev_hi, prev_guarded = hi, guarded
             if not math.isfinite(residual):
                 residuals.append(math.inf)
@@ -234,7 +259,7 @@ class Triangular(FixedPointSolver):
             if self.stop == "safety":
                 settled = (change <= tol_rows) & evaluated & (input_gap <= tol_rows)
             else:
-                share, history = self._error_share(fz - z, history, row_tols)
+                share, history = self._error_share(z, fz, history, row_tols)
                 # The estimate covers the linear model's error at the row's current input (it is
                 # part of the contraction it measures); the input must still be near the
                 # evaluation point for that model to hold (within INPUT_GAP·tol: at 1·tol the
@@ -259,7 +284,12 @@ class Triangular(FixedPointSolver):
                 newly = (row_index > prefix) & (row_index < new_prefix)
                 budget_used = budget_used + torch.where(newly, share, torch.zeros_like(share)).amax(0)
             prefix = new_prefix
-            z, inputs = fz, new_inputs
+            if accelerator is not None:
+                # Only rows after the first unaccepted one, inside this round's window, are mixed.
+                mixed = accelerator(z, fz, (row_index > prefix) & (row_index < hi))
+                z, inputs = mixed, torch.cat([f.x_T.unsqueeze(0), mixed[:-1]])
+            else:
+                z, inputs = fz, new_inputs
             accepted_history.append(prefix.tolist())
             if callback is not None:
                 callback(RoundInfo(rounds, residual, z, fz,
@@ -274,25 +304,41 @@ class Triangular(FixedPointSolver):
             info["image_error"] = float(budget_used.max()) * self.tol
         return SolverReport(z, rounds, residuals, status, info)
 
-    def _error_share(self, delta, history, row_tols):
+    def _error_share(self, z, fz, history, row_tols):
         """Each row's estimated error as a share of its tolerance, and the new history.
 
         A row converging like Δ_{k+1} ≈ q·(rotation)·Δ_k is off its limit by about
         q/(1 − q·cos θ) × max|Δ_k|, θ the angle between its last two changes: q/(1−q) when it
         creeps monotonically, q/(1+q) when it overshoots back and forth (the secant model does),
         q the larger of its last two max-abs change ratios (``max_rate`` where unknown).
+        The ratio and angle are those of the map's output change F(z) − F(z') against its input
+        change z − z' between the last two rounds: for the plain iteration (z = F(z')) exactly
+        the change ratios above; for an accelerated (mixed) iterate still the map's own
+        contraction, not the faster one of the mixed sequence, which would flatter the estimate.
         """
-        last_delta, last_change, last_rate = history
-        flat, last_flat = delta.flatten(2), last_delta.flatten(2)
-        change = flat.abs().amax(-1)
-        rate = change / last_change                # NaN where unknown (first round, after a fallback)
+        last_z, last_fz, last_rate = history
+        delta = fz - z
+        change = delta.flatten(2).abs().amax(-1)
+        if last_z is None:
+            nan = torch.full_like(change, math.nan)
+            rate, cos = nan, torch.ones_like(change)
+        else:
+            out_step, in_step = (fz - last_fz).flatten(2), (z - last_z).flatten(2)
+            rate = out_step.abs().amax(-1) / in_step.abs().amax(-1)   # NaN where unknown
+            cos = (out_step * in_step).sum(-1) / (out_step.norm(dim=-1) * in_step.norm(dim=-1)).clamp_min(1e-30)
+            cos = torch.where(torch.isnan(rate), torch.ones_like(cos), cos.clamp(-1.0, 1.0))
         rate = torch.where(change == 0, torch.zeros_like(rate), rate)
         q = torch.maximum(rate.nan_to_num(self.max_rate), last_rate.nan_to_num(0.0))
         q = q.clamp(0.0, self.max_rate)
-        cos = (flat * last_flat).sum(-1) / (flat.norm(dim=-1) * last_flat.norm(dim=-1)).clamp_min(1e-30)
-        cos = torch.where(torch.isnan(rate), torch.ones_like(cos), cos.clamp(-1.0, 1.0))
         share = change * q / (1 - q * cos) / row_tols
-        return share, (delta, change, rate)
+        return share, (z, fz, rate)
+
+    def _damped(self, scale, prefix, row_index):
+        """``accelerate="damping"``: the secant scales of rows past the first unaccepted one × (1 − k)."""
+        if self.accelerate != "damping" or self.damping == 0:
+            return scale
+        factor = torch.where(row_index > prefix, 1.0 - self.damping, 1.0).to(scale.dtype)
+        return scale * factor
 
     def _update_scales(self, f, scale, r_idx, n_idx, evaluated, du, de) -> None:
         """Secant fit γ = ⟨Δe, JΔu⟩ / ‖JΔu‖² for entries evaluated twice by the network."""
