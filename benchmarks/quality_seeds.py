@@ -243,12 +243,14 @@ def write_table(path: Path, out: Path) -> None:
     machine = f"this 2-core CPU ({platform.machine()}, shared with other jobs, 1 thread, nice)"
     lines = ["# Task defaults chosen over seeds and crops (issue #22)", "",
              f"Commands: `python benchmarks/quality_seeds.py --steps 20`, `--steps 100`, `--report-set`, "
-             f"`--rounds`, `--table`, on {machine}; {seconds / 60:.0f} min of sequential sampling. Shipped prior, "
+             f"`--rounds`, `--table`, on {machine}; {seconds / 60:.0f} min of sampling (wall time summed over runs, "
+             "up to 7 processes at once beside other engineers' jobs). Shipped prior, "
              f"64×64 crops, σ_y = 0, seeds {', '.join(map(str, SEEDS))} (`generator=torch.Generator()"
              ".manual_seed(seed)`, per image), the sequential chain (the parallel solver's fixed point). "
              "Cells: mean PSNR over crops × seeds ± the mean over crops of the seed spread (max − min over "
              "seeds) (≤ the largest per-crop spread). **Bold**: the rule's choice (best mean on validation). "
-             "DDRM: the project's DDRM chain, η 0.85, η_b 1, DeepInverse's start (t_max 400).", "",
+             "DDRM: the project's DDRM chain, η 0.85, η_b 1, DeepInverse's start (t_max 400); at T = 100 it "
+             "was run on the report crops only (CPU time), not on validation.", "",
              "Validation crops (choice): " + ", ".join(crop_name(c) for c in VALIDATION) + ". Report crops "
              "(hold-out, never used for the choice): " + ", ".join(crop_name(c) for c in REPORT) + ".", ""]
     for task in TASKS:
@@ -310,6 +312,15 @@ def write_table(path: Path, out: Path) -> None:
         if e["which"] == "rounds":
             lines.append(f"| {e['task']} | {label(e['setting'])} | {e['rounds']} | "
                          f"{statistics.fmean(e['rounds']):.1f} |")
+    lines += ["", "Rounds already measured by `benchmarks/quality_rounds.py` (same solver, T = 20, the report "
+              "crops, seed 0; results/quality_rounds.json) for the old and the chosen T = 20 settings:", "",
+              "| task | setting | rounds per crop | mean |", "|---|---|---|---:|"]
+    measured = json.loads((path.parent / "quality_rounds.json").read_text())
+    for task in TASKS:
+        for setting in {label(s): s for s in (OLD[task], choose(entries, task, 20)) if s}.values():
+            r = [e["rounds"] for e in measured.values() if e["task"] == task and e["setting"] == setting]
+            if r:
+                lines.append(f"| {task} | {label(setting)} | {r} | {statistics.fmean(r):.1f} |")
     out.write_text("\n".join(lines) + "\n")
 
 
