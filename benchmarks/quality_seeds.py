@@ -21,6 +21,7 @@ for each crop and seed: x_T and ξ are drawn per image by ``Sampler.chain`` exac
     python benchmarks/quality_seeds.py --report-set 20       # old / chosen / DDRM on the report crops
     python benchmarks/quality_seeds.py --rounds              # default solver's rounds, old and chosen
     python benchmarks/quality_seeds.py --table               # quality_seeds.md from the saved entries
+    python benchmarks/quality_seeds.py --colour-trace        # where colorization's cast comes from
 
 Writes ``results/quality_seeds.json`` after every measurement and ``results/quality_seeds.md``.
 """
@@ -233,6 +234,27 @@ def rounds(path: Path, tasks, log=print) -> None:
             log(f"{k}: rounds {r_list}, PSNR {[round(p, 2) for p in p_list]}")
 
 
+def colour_trace(photo: int = 1, setting: dict | None = None, log=print) -> None:
+    """Where the colour cast comes from: the spatial mean of the chroma (channel minus grey, [0, 1]
+    scale) of the states x_s / √ᾱ_s along the colorization chain, per seed, for one report crop."""
+    from fixedpoint_ir import Prior, Sampler
+    from fixedpoint_ir.metrics import psnr
+
+    torch.set_num_threads(1)
+    prior = Prior.default()
+    names, gts, op, y = cases("report", "colorize")
+    setting = {"etw": 1.0, "nw": 1.0} if setting is None else setting
+    mean_chroma = lambda im: ((im - im.mean(dim=-3, keepdim=True)).mean(dim=(-2, -1)) / 2)  # noqa: E731
+    log(f"{names[photo]}, {label(setting)}, T = 20; truth's chroma mean {mean_chroma(gts[photo]).tolist()}")
+    for seed in SEEDS:
+        r = Sampler(prior, op, steps=20, **setting).sequential(
+            y[photo:photo + 1], generator=torch.Generator().manual_seed(seed))
+        b = Sampler(prior, op, steps=20, **setting).coefficients.b
+        trace = [[round(v, 2) for v in mean_chroma(r.states[j, 0] / float(b[j]) ** 0.5).tolist()]
+                 for j in range(0, r.states.shape[0], 4)]
+        log(f"seed {seed}: PSNR {psnr(r.image[0], gts[photo]):.2f} dB; chroma mean after steps 1, 5, 9, ...: {trace}")
+
+
 def _fmt(st: dict) -> str:
     return f"{st['mean']:.2f} ± {st['spread']:.2f} (≤ {st['max_spread']:.2f})"
 
@@ -332,9 +354,13 @@ def main(argv=None) -> None:
                    help="old / chosen / DDRM on the report crops, at these T (default: both)")
     p.add_argument("--rounds", action="store_true", help="rounds of the default solver, old and chosen")
     p.add_argument("--table", action="store_true", help="only write quality_seeds.md")
+    p.add_argument("--colour-trace", action="store_true", help="the chroma mean along the colorization chain")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
+    if args.colour_trace:
+        colour_trace(log=log)
+        return
     if args.steps:
         run_grid(args.out, "validation", args.tasks, args.steps,
                  lambda task, steps: [candidates(task, steps)[0], *([DDRM_REF] if steps == 20 else []),

@@ -113,8 +113,8 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 # hold-out photos; never the reported crops) at T = 20 and, under "from_steps", at T = 100, used
 # from T = 50 on (`python benchmarks/quality_seeds.py`, results/quality_seeds.md, which also reports
 # them on the hold-out crops beside DDRM and the rounds they cost). Colorization starts at t_max
-# 600 around the grey A†y at T = 20: from pure noise the first network call sets a global colour
-# cast that depends on the seed (per-crop spread over seeds up to 4.9 dB, 1.7 dB from t_max 600);
+# 600 around the grey A†y at T = 20: from pure noise the high-noise steps draw a global colour cast
+# from the seed (per-crop spread over seeds up to 4.9 dB, 1.7 dB from t_max 600; --colour-trace);
 # at T = 100 the whole schedule measured better on validation (19.07 ± 0.91 against 18.72 ± 1.64).
 # The other tasks with a noiseless observation were chosen on seed 0 and the hold-out crops
 # (`python benchmarks/quality_rounds.py`, the best PSNR within the old rounds + 2; all chose
