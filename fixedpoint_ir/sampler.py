@@ -134,9 +134,11 @@ class Sampler:
             raise TypeError(f"prior must be a fixedpoint_ir Prior, got {type(prior).__name__}; "
                             "wrap an nn.Module with ModulePrior")
         # --- per-task sampling defaults (issue 15) ---
-        from .operators.tasks import sampling_defaults
+        from .operators.tasks import sampling_defaults, sampling_for_steps
 
         task_sampling = sampling_defaults(getattr(operator, "task_config", None))
+        if task_sampling.get("from_steps") and isinstance(steps, int):   # per-T defaults (issue 22)
+            task_sampling = sampling_for_steps(task_sampling, steps)
         etw = task_sampling.get("etw", 0.1) if etw is None else etw
         nw = task_sampling.get("nw", 0.0) if nw is None else nw
         noise = task_sampling.get("noise", "per_step") if noise is None else noise
