@@ -90,7 +90,14 @@ def test_quality_seeds_rule_takes_the_best_mean_over_crops_and_seeds(quality_see
     entries = {quality_seeds.key("validation", "sr4", a, 20): entry(a, [[20.0, 12.0], [20.0, 20.0]]),
                quality_seeds.key("validation", "sr4", b, 20): entry(b, [[18.5, 18.5], [18.5, 18.5]])}
     monkeypatch.setattr(quality_seeds, "GRID", grid)     # a's lucky seed (20 dB) does not win
+    monkeypatch.setitem(quality_seeds.OLD, "sr4", a)
+    rounds = {quality_seeds.label(a): 10.0, quality_seeds.label(b): 13.0}
+    monkeypatch.setattr(quality_seeds, "measured_rounds", lambda entries, task: [rounds])
     assert quality_seeds.choose(entries, "sr4", 20) == b
+    rounds[quality_seeds.label(b)] = 13.5                    # past the round budget at T = 20 ...
+    assert quality_seeds.choose(entries, "sr4", 20) == a
+    del rounds[quality_seeds.label(b)]                       # ... and so is a setting with no rounds
+    assert quality_seeds.choose(entries, "sr4", 20) == a
     st = quality_seeds.stats(entries[quality_seeds.key("validation", "sr4", a, 20)])
     assert (st["mean"], st["spread"], st["max_spread"], st["above_pinv_min"]) == (18.0, 4.0, 8.0, 2.0)
     del entries[quality_seeds.key("validation", "sr4", b, 20)]
