@@ -24,6 +24,7 @@ __all__ = [
 
 class Status(str, enum.Enum):
     CONVERGED = "converged"
+    STOPPED = "stopped"
     MAX_ROUNDS = "max_rounds"
     DIVERGED = "diverged"
 
@@ -52,8 +53,9 @@ class SolverReport:
     """Outcome of a solve.
 
     solution: the returned iterate; rounds: calls of F (parallel depth); residuals: the relative
-    residual ‖F(z) − z‖ / (1e-5 + ‖F(z)‖) after each round; status: converged / max_rounds /
-    diverged; info: solver-specific extras (e.g. safeguard fallbacks, rows evaluated);
+    residual ‖F(z) − z‖ / (1e-5 + ‖F(z)‖) after each round; status: converged (certified: the
+    image within tol of the sequential chain) / stopped (the solver's own rule fired, which cannot
+    certify that) / max_rounds / diverged; info: solver-specific extras (e.g. safeguard fallbacks, rows evaluated);
     round_times: per round, seconds of ``network`` calls, ``replay``, ``bookkeeping`` (the rest)
     and ``total`` (filled by the sampler from the chain's timers).
     """
