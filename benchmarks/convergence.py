@@ -185,12 +185,14 @@ def run_config(prior, operator, y, steps, config, seed, reference, sampling=None
     return out
 
 
-def newton_reference(prior, operator, y, steps, seed, reference, max_rounds=10, sampling=None, done=None):
+def newton_reference(prior, operator, y, steps, seed, reference, max_rounds=10, sampling=None, done=None,
+                     network_jvp=None):
     """Newton's method on the whole trajectory with the network's exact Jacobian: per round, one
     batched evaluation at the current inputs, then the chain replayed with e_j linearised exactly
     (e_j(x) ≈ E_j + J_j (x − U_j), one JVP per row, sequential). Starts from the surrogate.
     ``sampling``: the Sampler's chain settings (default etw = 0.1, nw = 0, this benchmark's).
-    ``done(outcome)``: when to stop (default: the image within TARGET / 100 of the reference)."""
+    ``done(outcome)``: when to stop (default: the image within TARGET / 100 of the reference).
+    ``network_jvp(prior, x, t, v)``: J v (default autograd's double-backward JVP)."""
     from torch.autograd.functional import jvp
 
     sampler = Sampler(prior, operator, "picard", steps=steps, **(sampling or dict(etw=0.1, nw=0.0)))
@@ -204,7 +206,10 @@ def newton_reference(prior, operator, y, steps, seed, reference, max_rounds=10, 
         x, rows = chain.x_T, []
         for j in range(chain.num_rows):
             t = chain.coefficients.timesteps[j].expand(x.shape[0])
-            _, jd = jvp(lambda v: prior.eps(v, t), inputs[j].contiguous(), (x - inputs[j]).contiguous())
+            if network_jvp is None:
+                _, jd = jvp(lambda v: prior.eps(v, t), inputs[j].contiguous(), (x - inputs[j]).contiguous())
+            else:
+                jd = network_jvp(prior, inputs[j], t, x - inputs[j])
             jvps += x.shape[0]
             x = chain.step(j, x, e[j] + jd)
             rows.append(x)

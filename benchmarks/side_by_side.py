@@ -148,9 +148,11 @@ def run_solver(prior, operator, y, steps, setting, name, seed, ref) -> dict:
 def run_newton(prior, operator, y, steps, setting, seed, ref, max_rounds) -> dict:
     """Exact-Jacobian Newton from the surrogate start, until the image is within 1e-3 and equal
     in 8 bits (or ``max_rounds``)."""
+    from exact_jvp import forward_jvp
+
     start = time.perf_counter()
     out = convergence.newton_reference(prior, operator, y, steps, seed, ref, max_rounds,
-                                       sampling=sampling_of(operator, setting),
+                                       sampling=sampling_of(operator, setting), network_jvp=forward_jvp,
                                        done=lambda o: o.errors[-1] <= convergence.TARGET and o.same_8bit[-1])
     jvps = int(out.status.split("(")[1].split()[0])
     return dict(errors=out.errors, same_8bit=out.same_8bit, nfes=out.nfes, rounds=out.rounds, nfe=out.nfe,
