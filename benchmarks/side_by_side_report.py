@@ -113,10 +113,14 @@ def plot(cells: list[dict], title: str, path: Path) -> None:
         ax.set_xlabel("round", fontsize=8)
         ax.set_ylabel("max |x − x*| / max |x*|" if k % columns == 0 else "", fontsize=8)
         ax.tick_params(labelsize=7)
-        if k == 0:
-            ax.legend(fontsize=6)
+    handles = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    order = [sbs.LABELS[s] for s in sbs.SOLVER_NAMES if sbs.LABELS[s] in handles]
+    fig.legend([handles[label] for label in order], order, loc="lower center", ncol=len(order), fontsize=7)
     fig.suptitle(title + " (× marks each solver's own stop)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
 
@@ -150,7 +154,14 @@ def write(cells_path: Path) -> Path:
             title = f"T = {steps}, {SETTING_TEXT[setting]}"
             figure = out.parent / "figures" / f"side_by_side_T{steps}_{setting}.png"
             plot(group, title, figure)
-            lines += [f"## {title}", "", f"Problems: {', '.join(problems)}.", ""] + summary_rows(group) + \
+            # Medians compare like with like: the problems every (non-reference) solver has finished.
+            sets = [{c["problem"] for c in group if c["solver"] == s} for s in sbs.SOLVER_NAMES if s != sbs.NEWTON]
+            common = set.intersection(*[p for p in sets if p]) if any(sets) else set(problems)
+            compared = [c for c in group if c["problem"] in common or c["solver"] == sbs.NEWTON]
+            newton = sorted({c["problem"] for c in group if c["solver"] == sbs.NEWTON})
+            lines += [f"## {title}", "", f"Medians over {len(common)} problems every solver finished "
+                      f"({', '.join(sorted(common))}); Newton over {', '.join(newton) or 'none'}. "
+                      f"Measured: {', '.join(problems)}.", ""] + summary_rows(compared) + \
                 ["", f"![{title}](figures/{figure.name})", "", "<details><summary>every cell</summary>", ""] + \
                 detail_rows(group) + ["", "</details>", ""]
     out.write_text("\n".join(lines) + "\n")
