@@ -32,9 +32,14 @@ algorithm; line numbers below are ``parallel_dit.py``'s). The code counts rows f
 Images of a batch are independent (the published scripts sample one at a time): each has its own
 frozen row, window and least-squares sums; the network calls of a round are one batch.
 
-One departure: for ``memory`` > 2 the published code keeps the *oldest* difference columns of a
-row with a short history (lines 274–281), which pairs an iterate with an unfilled slot; this uses
-the newest valid ones. With the default memory 2 the two coincide.
+Two departures, both outside the published configurations: (1) for ``memory`` > 2 the published
+code keeps the *oldest* difference columns of a row with a short history (lines 274–281), which
+pairs an iterate with an unfilled slot; this uses the newest valid ones (memory 2: the same).
+(2) With a window ≤ the rows left, ``initialize_samples`` (lines 92–99) initialises one row too few,
+so the window's lowest row starts at zero for its first round and is then overwritten by the row
+above; here every entering row starts at the last state. The SD script (window 100 > T = 50) and
+``window=None`` are not affected; the tests compare round by round against a transcription of the
+published code with a window larger than T.
 
 A change-based rule cannot certify the image error, so a solve that ends by it reports
 ``Status.STOPPED``; with tol = 0 the answer is exact and reported as converged.
