@@ -164,5 +164,27 @@ def write(cells_path: Path) -> Path:
                       f"Measured: {', '.join(problems)}.", ""] + summary_rows(compared) + \
                 ["", f"![{title}](figures/{figure.name})", "", "<details><summary>every cell</summary>", ""] + \
                 detail_rows(group) + ["", "</details>", ""]
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines + missing_rows(cells)) + "\n")
     return out
+
+
+def missing_rows(cells: list[dict]) -> list[str]:
+    """The cells of the issue's grid that were not measured (9 problems at T = 20, flower × 3 at
+    T = 50 and 100; every solver, both settings)."""
+    from fixedpoint_ir.photos import HOLDOUT
+
+    done = {(c["solver"], c["problem"], c["steps"], c["setting"]) for c in cells}
+    grid = {20: [f"{p}/{t}" for t in sbs.TASKS for p in HOLDOUT],
+            50: [f"flower/{t}" for t in sbs.TASKS], 100: [f"flower/{t}" for t in sbs.TASKS]}
+    lines = []
+    for steps, problems in grid.items():
+        for setting in sbs.SETTINGS:
+            for solver in sbs.SOLVER_NAMES:
+                left = [p for p in problems if (solver, p, steps, setting) not in done]
+                if left:
+                    lines.append(f"| {steps} | {setting} | {sbs.LABELS[solver]} | "
+                                 f"{'all ' + str(len(left)) if len(left) == len(problems) else ', '.join(left)} |")
+    if not lines:
+        return []
+    return ["## Not measured (CPU time ran out)", "", "| T | setting | solver | problems |",
+            "|---:|---|---|---|"] + lines + [""]
