@@ -259,6 +259,9 @@ def learned_problems(photos=None, size=64, device="cpu", steps=(20,)):
             for photo in photos or HOLDOUT:
                 x = holdout_crop(photo, size, scale=0.25)[None]
                 op = make_operator(task, tuple(x.shape[1:]), generator=torch.Generator().manual_seed(0))
+                # This benchmark's setting is etw = 0.1, nw = 0 from pure noise: without this the
+                # Sampler would still start at the task's default t_max.
+                op.task_config = {**op.task_config, "sampling": {}}
                 op = op.to(device)
                 yield (f"learned prior, {photo} 64×64, {task}, T = {T}", prior.to(device), op,
                        op.A(x.to(device)), T)
