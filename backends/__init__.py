@@ -4,8 +4,10 @@ Importing this package registers every solver by name (see ``fixedpoint_ir.solve
 """
 from .anderson import Anderson
 from .broyden import Broyden
+from .paradigms import ParaDiGMS
+from .parataa import ParaTAA
 from .picard import Picard
 from .torchdeq_backend import TorchDEQ
 from .triangular import Triangular
 
-__all__ = ["Picard", "Anderson", "Broyden", "TorchDEQ", "Triangular"]
+__all__ = ["Picard", "Anderson", "Broyden", "TorchDEQ", "Triangular", "ParaDiGMS", "ParaTAA"]

@@ -76,7 +76,9 @@ class Chain:
             (a :class:`~fixedpoint_ir.surrogate.GaussianSurrogate`, or (mean, var) for a white one).
 
     ``nfe`` counts network evaluations per image (one per state row evaluated); ``row_scales``
-    are the per-row noise levels √(1 − b_j) that structure-aware solvers may scale tolerances by.
+    are the per-row noise levels √(1 − b_j) that structure-aware solvers may scale tolerances by;
+    ``posterior_std`` (T,) is σ_j of the DDPM posterior q(x_{s_j} | x_{t_j}, x_0), the noise level
+    the published samplers scale their per-row tests by (ParaDiGMS, ParaTAA; 0 on the last row).
     """
 
     def __init__(self, prior: Prior, coefficients: StepCoefficients, x_T: Tensor, noise: Tensor,
@@ -105,6 +107,7 @@ class Chain:
         self._c2 = c.c2.tolist()
         self._timesteps = c.timesteps.to(x_T.device)
         self.row_scales = (1.0 - c.b).clamp_min(0).sqrt()
+        self.posterior_std = ((1.0 - c.b) / (1.0 - c.a) * (1.0 - c.a / c.b)).clamp_min(0).sqrt()
         self.timings = {"network": 0.0, "replay": 0.0}   # seconds, accumulated (see timed)
         # Replay by parallel scan (True), row loop (False) or None: scan on accelerators only. On
         # a CPU the loop is cheaper (no launch overhead to save; the scan makes log2(T) passes in

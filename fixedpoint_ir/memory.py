@@ -32,8 +32,11 @@ ACTIVATION_SLACK = 1.25
 # z, its inputs, evaluation points, cached e, F(z), the new inputs, the noises and a replay
 # temporary; Picard z, F(z), the noises and the replay's temporaries; Anderson/Broyden add
 # their histories). The noises are counted even where the DDNM chain has nw = 0 and stores none
-# (Sampler.chain): an upper bound by one copy there.
-_STATE_COPIES = {"sequential": 3, "triangular": 9, "picard": 5, "anderson": 18, "broyden": 16}
+# (Sampler.chain): an upper bound by one copy there. ParaDiGMS and ParaTAA: their PeakTensorBytes
+# peaks were 1.7× and 3.1× Picard's (T = 20, 32×32, nw = 0.5; ParaTAA keeps two iterates and two
+# residuals per row, its one-step and order-p maps), scaled to Picard's count here.
+_STATE_COPIES = {"sequential": 3, "triangular": 9, "picard": 5, "anderson": 18, "broyden": 16,
+                 "paradigms": 9, "parataa": 16}
 
 
 class MemoryPlanError(ValueError):

@@ -115,3 +115,58 @@ def test_task_defaults_are_the_committed_choice_over_seeds(quality_seeds):
             chosen = quality_seeds.choose(entries, task, steps)
             assert chosen is not None, (task, steps)
             assert sampling_for_steps(TASKS[task].sampling, steps) == chosen, (task, steps)
+
+
+@pytest.fixture()
+def side_by_side(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import exact_jvp
+    import side_by_side
+    import side_by_side_report
+
+    yield side_by_side, side_by_side_report, exact_jvp
+    for name in ("side_by_side", "side_by_side_report", "exact_jvp", "convergence"):
+        sys.modules.pop(name, None)
+
+
+def test_forward_mode_jvp_is_the_networks_exact_jvp(side_by_side):
+    """Newton's floor uses forward-mode AD (with GroupNorm written out); it must equal autograd's
+    double-backward JVP, and leave GroupNorm as it was."""
+    import torch
+    import torch.nn.functional as F
+    from torch.autograd.functional import jvp
+
+    from fixedpoint_ir.priors.default import default_prior
+
+    _, _, exact_jvp = side_by_side
+    prior = default_prior()
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 3, 16, 16, generator=g)
+    t = torch.tensor([700, 50])
+    group_norm = F.group_norm
+    _, reference = jvp(lambda u: prior.eps(u, t), x, v)
+    forward = exact_jvp.forward_jvp(prior, x, t, v)
+    assert F.group_norm is group_norm
+    assert float((forward - reference).abs().max() / reference.abs().max()) < 1e-5
+
+
+def test_side_by_side_cells_resume_and_report(side_by_side, tmp_path):
+    """Cells are appended and read back by key; the report counts rounds to 1e-3 and to 8 bits
+    from the traces, and says when a problem never got there."""
+    pytest.importorskip("matplotlib")
+    sbs, report, _ = side_by_side
+    path = tmp_path / "cells.jsonl"
+    base = dict(steps=20, setting="paper", command="c", machine="m", commit="x", date="d", jvps=0)
+    for problem, errors in (("a/sr4", [0.5, 2e-3, 5e-4]), ("b/sr4", [0.5, 0.2, 0.1])):
+        for solver in ("triangular", "parataa"):
+            sbs.append(path, dict(base, key=sbs.cell_key(solver, problem, 20, "paper"), solver=solver,
+                                  problem=problem, errors=errors, same_8bit=[False, True, True],
+                                  nfes=[20, 40, 60], rounds=3, nfe=60, status="stopped",
+                                  final_error=errors[-1], seconds=1.0))
+    cells = sbs.load(path)
+    assert len(cells) == 4 and sbs.cell_key("parataa", "b/sr4", 20, "paper") in cells
+    assert report.to_target(cells[sbs.cell_key("parataa", "a/sr4", 20, "paper")]) == (3, 60)
+    assert report.to_8bit(cells[sbs.cell_key("parataa", "a/sr4", 20, "paper")]) == (2, 40)
+    text = report.write(path).read_text()
+    assert "| ParaTAA | 2 | 3 [1/2] | 60 [1/2] | 2 | 40 |" in text
+    assert (tmp_path / "figures" / "side_by_side_T20_paper.png").is_file()
