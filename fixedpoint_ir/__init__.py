@@ -20,7 +20,7 @@ _EXPORTS = {
     "Status": ".solver", "get_solver": ".solver", "register_solver": ".solver",
     "available_solvers": ".solver",
     "Picard": ".backends", "Anderson": ".backends", "Broyden": ".backends", "TorchDEQ": ".backends",
-    "Triangular": ".backends",
+    "Triangular": ".backends", "ParaDiGMS": ".backends", "ParaTAA": ".backends",
     "StepCoefficients": ".schedule", "uniform_timesteps": ".schedule",
     "WhiteGaussian": ".surrogate", "PowerLawGaussian": ".surrogate",
 }
