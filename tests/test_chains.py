@@ -191,8 +191,9 @@ def test_task_sampling_defaults_and_overrides():
     op = make_operator("inpaint_random", (3, SIZE, SIZE))
     assert op.task_config["sampling"] == TASKS["inpaint_random"].sampling
     s = Sampler(prior, op)
-    assert (s.etw, s.nw, s.t_max) == (1.0, 1.0, 250)
-    assert int(s.timesteps[0]) < 250
+    assert (s.etw, s.nw, s.t_max) == (0.85, 0.85, 400)          # T = 20 (the default steps)
+    assert int(s.timesteps[0]) < 400
+    assert (Sampler(prior, op, steps=100).etw, Sampler(prior, op, steps=100).t_max) == (1.0, 250)   # from T = 50
     s = Sampler(prior, op, etw=0.1, nw=0.0, t_max=1000, chain="ddrm")
     assert (s.etw, s.nw, s.t_max, s.chain_choice) == (0.1, 0.0, 1000, DDRM())
     assert Sampler(prior, op, steps=600).t_max == 600        # a task's t_max never below T

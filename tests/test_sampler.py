@@ -100,7 +100,7 @@ def test_weights_outside_unit_interval(name, value):
 
 
 def test_unknown_solver_lists_known_ones():
-    with pytest.raises(ValueError, match="known solvers: anderson, broyden, picard, torchdeq"):
+    with pytest.raises(ValueError, match="known solvers: anderson, broyden, paradigms, parataa, picard, torchdeq"):
         Sampler(GaussianMixturePrior(), solver="adam")
 
 
