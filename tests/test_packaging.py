@@ -134,7 +134,7 @@ def test_wheel_holds_every_module_and_data_file(dist):
         metadata = wheel.read(f"{info}/METADATA").decode()
         scripts = wheel.read(f"{info}/entry_points.txt").decode()
     assert f"\nVersion: {fixedpoint_ir.__version__}\n" in metadata     # one version source
-    assert "fixedpoint-ir = fixedpoint_ir.cli:main" in scripts
+    assert "fixedpoint-ir = fixedpoint_ir.__main__:run" in scripts
 
 
 def test_sdist_holds_what_rebuilds_the_wheel(dist):
