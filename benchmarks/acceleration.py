@@ -176,6 +176,21 @@ class _Recorder(Triangular):
         return fz, inputs
 
 
+def _recorded_solve(prior, op, y, T, setting, seed):
+    """One default solve with the per-round log (``_Recorder``), the chain it built and, per round,
+    (F(z), accepted prefix): what the offline ρ and gain studies read."""
+    solver = _Recorder()
+    sampler = Sampler(prior, op, solver, steps=T, **SETTINGS[setting])
+    box, iterates = {}, []
+    original = sampler.chain
+    sampler.chain = lambda *a, **k: box.setdefault("chain", original(*a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sampler.restore(y, generator=convergence.seeded(seed, y.device),
+                        callback=lambda info: iterates.append((info.fz.clone(), list(info.extra["prefix"]))))
+    return solver, box["chain"], iterates
+
+
 def rho(args, path, data):
     """ρ per row and round along the replay's own directions (offline, from a logged run)."""
     from torch.autograd.functional import jvp   # forward mode fails on the shipped UNet (a view)
@@ -185,15 +200,7 @@ def rho(args, path, data):
             key = f"rho | {setting} | {problem}"
             if key in data["entries"]:
                 continue
-            solver = _Recorder()
-            sampler = Sampler(prior, op, solver, steps=T, **SETTINGS[setting])
-            box = {}
-            original = sampler.chain
-            sampler.chain = lambda *a, **k: box.setdefault("chain", original(*a, **k))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                sampler.restore(y, generator=convergence.seeded(args.seed, y.device))
-            chain = box["chain"]
+            solver, chain, _ = _recorded_solve(prior, op, y, T, setting, args.seed)
             timesteps = chain.coefficients.timesteps
             rows_out = []
             for k, rec in enumerate(solver.log):
@@ -248,16 +255,7 @@ def gain(args, path, data):
             key = f"gain | {setting} | {problem}"
             if key in data["entries"]:
                 continue
-            solver = _Recorder()
-            sampler = Sampler(prior, op, solver, steps=T, **SETTINGS[setting])
-            box, iterates = {}, []
-            original = sampler.chain
-            sampler.chain = lambda *a, **k: box.setdefault("chain", original(*a, **k))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                sampler.restore(y, generator=convergence.seeded(args.seed, y.device),
-                                callback=lambda info: iterates.append((info.fz.clone(), list(info.extra["prefix"]))))
-            chain = box["chain"]
+            solver, chain, iterates = _recorded_solve(prior, op, y, T, setting, args.seed)
             star = chain.sequential()                                     # (T, 1, C, H, W)
             e_star = chain.eps(star)                                      # ε along the sequential chain
             gamma = solver.log[-1]["scale"][:, 0]
