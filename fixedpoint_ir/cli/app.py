@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compare", metavar="FIG.png", help="write a side-by-side figure")
     o = r.add_argument_group("noise optimisation (DEQ inversion)")
     o.add_argument("--optimize-noise", action="store_true",
-                   help="optimise x_T so that the restoration approaches --reference")
+                   help="optimise the noise (x_T, and the per-step noises where the chain draws them) so that the restoration approaches --reference")
     o.add_argument("--reference", metavar="REF", help="reference image for --optimize-noise")
     o.add_argument("--reference-loss", choices=["l2", "l1", "color"], default="l2",
                    help="distance to the reference: l2 / l1, or color (low-frequency colour, for "
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most optimisation steps (default 20)")
     o.add_argument("--opt-lr", type=float, default=0.05, metavar="LR", help="Adam learning rate (default 0.05)")
     o.add_argument("--gradient", choices=["implicit", "one_step", "unrolled"], default="implicit",
-                   help="gradient with respect to x_T (default implicit: exact, memory independent of T)")
+                   help="gradient with respect to the noise (default implicit: exact, memory independent of T)")
     r.add_argument("--ground-truth", metavar="GT", help="clean image, for scores and the figure")
     _sampler_options(r)
     _common(r)
