@@ -5,7 +5,6 @@ import math
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -17,61 +16,18 @@ from .checks import check_finite, check_observation, divergence_hint, warn_if_tf
 from .cost import Choice
 from .constants import DEFAULT_SOLVER, DEFAULT_STEPS
 from .memory import MemoryPlan, MemoryPlanError
+from .null_mean import null_mean_basis, remove_null_mean
 from .priors.base import Prior
+from .progress import RoundTimes, progress_bar, round_postfix
+from .result import Result
 from .schedule import StepCoefficients, uniform_timesteps
-from .solver import (FixedPointSolver, RoundInfo, SolverDivergedError, SolverReport, Status, describe_status,
+from .solver import (FixedPointSolver, RoundInfo, SolverDivergedError, SolverReport, Status,
                      get_solver)
 from .surrogate import GaussianSurrogate, WhiteGaussian, as_surrogate
 
 __all__ = ["Sampler", "Result"]
 
 INITS = ("x_T", "observation", "surrogate")
-
-
-@dataclass
-class Result:
-    """A restoration: the image (N, C, H, W), all states (T, N, C, H, W) and how it was obtained.
-
-    ``nfe`` counts network evaluations per image; ``rounds`` is the parallel depth (calls of F, or
-    T steps for the sequential sampler); ``seconds`` is wall-clock. ``status``: ``converged`` is
-    certified (the image within tol of the sequential chain; the sequential sampler is the chain
-    itself), ``stopped`` is a solver's own stop that could not be certified (see
-    :class:`~fixedpoint_ir.solver.Status`).
-    """
-
-    image: Tensor
-    states: Tensor
-    rounds: int
-    nfe: int
-    seconds: float
-    status: Status
-    residuals: list[float] = field(default_factory=list)
-    report: SolverReport | None = None
-    choice: Choice | None = None          # what solver="auto" ran and why
-    memory: MemoryPlan | None = None      # the chunk size and predicted peak
-
-    @property
-    def converged(self) -> bool:
-        return self.status is Status.CONVERGED
-
-    @property
-    def sequential(self) -> bool:
-        """Whether the image came from the sequential chain (no solver)."""
-        return self.report is None
-
-    def summary(self) -> str:
-        if self.sequential:
-            text = (f"{self.status.value} (sequential chain): {self.rounds} steps, {self.nfe} network "
-                    f"evaluations per image, {self.seconds:.2f} s")
-        else:
-            text = (f"{describe_status(self.status)}: {self.rounds} rounds, {self.nfe} network "
-                    f"evaluations per image, {self.seconds:.2f} s")
-            if self.report.image_error is not None:
-                text += f", image error {self.report.image_error:.2g}"
-                text += " (exact)" if self.report.image_error == 0 else " (estimated)"
-        if self.choice is not None:
-            text += f"; {self.choice.describe()}"
-        return text
 
 
 class Sampler:
@@ -122,6 +78,10 @@ class Sampler:
             the first t_max training steps (t_0 = t_max − t_max // T), and x_T is drawn around the
             observation, √ᾱ A†y + √(1−ᾱ) ε (DDRM's start, DESIGN §11). ``None``: the whole schedule
             from pure noise.
+        fix_null_mean: draw x_T and the ξ_j without their component along the image-wide
+            constants that A does not see (colorization's global colour; :mod:`~fixedpoint_ir.null_mean`),
+            so that the prior and y decide those, not the seed. Given ``x_T`` / ``noise`` are used
+            as they are. ``None``: the task's default (on for colorization), else off.
     """
 
     def __init__(self, prior: Prior, operator=None, solver: str | FixedPointSolver = DEFAULT_SOLVER, *,
@@ -129,7 +89,8 @@ class Sampler:
                  noise: str | None = None,
                  init: str = "surrogate", closed_form: bool = False, progress: bool = False,
                  sigma_y: float = 0.0, surrogate: GaussianSurrogate | tuple[float, float] | None = None,
-                 plan_memory: bool = True, chain=None, t_max: int | None = None):
+                 plan_memory: bool = True, chain=None, t_max: int | None = None,
+                 fix_null_mean: bool | None = None):
         if not isinstance(prior, Prior):
             raise TypeError(f"prior must be a fixedpoint_ir Prior, got {type(prior).__name__}; "
                             "wrap an nn.Module with ModulePrior")
@@ -153,6 +114,13 @@ class Sampler:
             if operator is None:
                 raise ValueError("t_max starts the chain around A†y: it needs an operator")
         self.t_max = t_max
+        fix_null_mean = task_sampling.get("fix_null_mean", False) if fix_null_mean is None else fix_null_mean
+        if not isinstance(fix_null_mean, bool):
+            raise ValueError(f"fix_null_mean must be True or False, got {fix_null_mean!r}")
+        if fix_null_mean and operator is None:
+            raise ValueError("fix_null_mean removes what the operator does not see: it needs an operator")
+        self.fix_null_mean = fix_null_mean
+        self._null_mean_cache: dict = {}
         # --- end per-task sampling defaults ---
         if noise not in ("per_step", "shared"):
             raise ValueError(f"noise must be 'per_step' or 'shared', got {noise!r}")
@@ -249,8 +217,10 @@ class Sampler:
             what = "y gives" if y is not None else "the requested"
             raise ValueError(f"{what} {shape[0]}-channel images (shape {shape}), but the prior "
                              f"models {channels}-channel images")
+        unseen = self._null_mean_basis(shape, dtype, device)
         if x_T is None:
-            x_T = torch.randn((n, *shape), generator=generator, dtype=dtype, device=device)
+            x_T = remove_null_mean(torch.randn((n, *shape), generator=generator, dtype=dtype, device=device),
+                                   unseen)
             if start_step is None and self.t_max is not None:   # DDRM's start around A†y
                 x_T = self._start_state(x_T, y_image, coefficients, (n, *shape))
             elif start_step is not None:
@@ -272,6 +242,9 @@ class Sampler:
         elif noise is None:
             noise = draw_noise(steps, tuple(x_T.shape), self.noise, generator=generator,
                                dtype=dtype, device=device)
+            if unseen.shape[0]:   # a shared ξ is one draw expanded: project that one
+                noise = remove_null_mean(noise[:1] if self.noise == "shared" else noise, unseen)
+                noise = noise.expand(steps, *x_T.shape)
         elif tuple(noise.shape) != (steps, *x_T.shape):
             raise ValueError(f"noise must have shape {(steps, *x_T.shape)}, got {tuple(noise.shape)}")
         correction = projector = None
@@ -294,6 +267,16 @@ class Sampler:
                 return chain
         chain = Chain(self.prior, coefficients, x_T, noise, correction, projector, self.surrogate)
         return chain
+
+    def _null_mean_basis(self, image_shape, dtype, device) -> Tensor:
+        """The directions removed from drawn noise: none unless ``fix_null_mean`` (cached per shape)."""
+        if not self.fix_null_mean:
+            return torch.zeros((0, *image_shape), dtype=dtype, device=device)
+        key = (tuple(image_shape), dtype, str(device))
+        if key not in self._null_mean_cache:
+            self._null_mean_cache[key] = null_mean_basis(self.operator.to(device), tuple(image_shape),
+                                                         dtype=dtype, device=device)
+        return self._null_mean_cache[key]
 
     def suffix_coefficients(self, start_step: int) -> StepCoefficients:
         """The step coefficients of rows start_step … T−1 (a chain started at t_{start_step})."""
@@ -397,7 +380,7 @@ class Sampler:
 
     def _run_sequential(self, chain: Chain) -> Result:
         plan = self._memory_plan(chain, "sequential")
-        bar = _progress_bar(chain.num_rows, "sequential steps", "step") if self.progress else None
+        bar = progress_bar(chain.num_rows, "sequential steps", "step") if self.progress else None
         start = time.perf_counter()
         try:
             with _max_batch(self.prior, plan), torch.no_grad():
@@ -439,17 +422,17 @@ class Sampler:
             z0 = init.to(chain.x_T.dtype)
         f = self.fixed_point_map(chain)
         warn_if_tf32(chain.x_T.device, self.solver.tol)
-        bar = _progress_bar(self.solver.round_limit(z0), "solver rounds", "round") if self.progress else None
+        bar = progress_bar(self.solver.round_limit(z0), "solver rounds", "round") if self.progress else None
 
         def on_round(info: RoundInfo) -> None:
             if bar is not None:
-                bar.set_postfix(_round_postfix(info, chain.num_rows), refresh=False)
+                bar.set_postfix(round_postfix(info, chain.num_rows), refresh=False)
                 bar.update(1)
             if callback is not None:
                 callback(info)
 
         plan = self._memory_plan(chain, self.solver.name)
-        split = _RoundTimes(chain)
+        split = RoundTimes(chain)
         start = time.perf_counter()
         try:
             with _max_batch(self.prior, plan), torch.no_grad():
@@ -486,21 +469,6 @@ class Sampler:
                       list(report.residuals), report, memory=plan)
 
 
-def _progress_bar(total: int, desc: str, unit: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit)
-
-
-def _round_postfix(info: RoundInfo, rows: int) -> dict:
-    """The bar's postfix after a round: the rows accepted where the solver says (triangular), else
-    its residual, named as what it is (not the image's error: that is shown at the end)."""
-    prefix = info.extra.get("prefix") if isinstance(info.extra, dict) else None
-    if prefix:
-        return {"rows accepted": f"{min(prefix)}/{rows}"}
-    return {"residual": f"{info.residual:.2e}"}
-
-
 @contextmanager
 def _max_batch(prior: Prior, plan: MemoryPlan | None):
     """The prior's max_batch lowered to the memory plan's for one run."""
@@ -515,21 +483,3 @@ def _max_batch(prior: Prior, plan: MemoryPlan | None):
         prior.max_batch = saved
 
 
-class _RoundTimes:
-    """Per-round wall-clock split into network / replay / bookkeeping, from the chain's timers."""
-
-    def __init__(self, chain: Chain):
-        self.chain, self.rounds = chain, []
-        self._last = (time.perf_counter(), dict(getattr(chain, "timings", {})))
-
-    def wrap(self, callback):
-        def on_round(info: RoundInfo) -> None:
-            now, timings = time.perf_counter(), dict(getattr(self.chain, "timings", {}))
-            then, before = self._last
-            part = {k: timings.get(k, 0.0) - before.get(k, 0.0) for k in ("network", "replay")}
-            part["total"] = now - then
-            part["bookkeeping"] = max(0.0, part["total"] - part["network"] - part["replay"])
-            self.rounds.append(part)
-            callback(info)
-            self._last = (time.perf_counter(), dict(getattr(self.chain, "timings", {})))
-        return on_round
