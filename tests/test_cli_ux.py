@@ -55,14 +55,15 @@ def samplers(monkeypatch):
 
 def _settings(sampler) -> dict:
     return dict(etw=sampler.etw, nw=sampler.nw, noise=sampler.noise, t_max=sampler.t_max,
-                chain=getattr(sampler.chain_choice, "name", None))
+                chain=getattr(sampler.chain_choice, "name", None), fix_null_mean=sampler.fix_null_mean)
 
 
 def _expected(task: str, steps: int) -> dict:
     d = TASKS[task].sampling
     t_max = d.get("t_max")
     return dict(etw=d.get("etw", 0.1), nw=d.get("nw", 0.0), noise=d.get("noise", "per_step"),
-                t_max=None if t_max is None else max(t_max, steps), chain=d.get("chain", "ddnm"))
+                t_max=None if t_max is None else max(t_max, steps), chain=d.get("chain", "ddnm"),
+                fix_null_mean=d.get("fix_null_mean", False))
 
 
 @pytest.mark.parametrize("task", [t for t in list_tasks() if t != "inpaint_file"])

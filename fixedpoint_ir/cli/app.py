@@ -82,6 +82,10 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--t-max", type=_pos_int, metavar="T",
                    help="start the chain around A†y at this training timestep instead of from pure "
                         "noise (default: the task's, see `fixedpoint-ir tasks`; 1000: the whole schedule)")
+    g.add_argument("--fix-null-mean", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the noise without the image-wide constants the degradation does not see "
+                        "(colorization's global colour), so the seed cannot set a colour cast "
+                        "(default: the task's; on for colorize)")
     g.add_argument("--sigma-y", type=_nonneg_float, metavar="S",
                    help="observation noise std on the [-1, 1] scale (default: the config's or task's)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of x_T and the noises, 0 to 2**64-1 (default 0)")

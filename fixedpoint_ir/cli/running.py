@@ -47,7 +47,7 @@ def _make_sampler(prior, op, args, sigma_y: float, progress: bool):
     solver = _solver_from_option(args.solver)
     # the CLI default, auto: parallel only where it is predicted faster
     kwargs = {"solver": "auto" if solver is None else solver}
-    for name in ("steps", "etw", "nw", "chain", "t_max"):
+    for name in ("steps", "etw", "nw", "chain", "t_max", "fix_null_mean"):
         value = getattr(args, name, None)
         if value is not None:
             kwargs[name] = value
