@@ -264,3 +264,13 @@ def test_ctrl_c_at_start_up_and_during_the_run_says_interrupted_with_status_130(
         assert not (tmp_path / "out.png").exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or "tmp" in p.name], \
             list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-fix-null-mean"], False),
+                                            (["--fix-null-mean"], True)])
+def test_fix_null_mean_flag_overrides_the_colorize_default(flag, expected, tmp_path, photo, samplers):
+    y = tmp_path / "y.png"
+    assert main(["degrade", str(photo), "-o", str(y), "--task", "colorize", "--quiet"]) == 0
+    assert main(["restore", str(y), "-o", str(tmp_path / "a.png"), "--steps", "2", "--sequential",
+                 "--quiet", *flag]) == 0
+    assert samplers[0].fix_null_mean is expected
