@@ -39,6 +39,15 @@ def test_every_docs_block_is_marked():
         assert {b.kind for b in blocks} <= KINDS, f"{_id(page)}: unknown kind"
 
 
+def test_no_page_has_an_unfilled_template_field():
+    """Prose outside code has no ``{name}`` left by a format string that was never filled (two
+    paragraphs of the quality page once shipped as ``{ddrm}`` and ``{colour}``)."""
+    for page in [*PAGES, ROOT / "README.md"]:
+        prose = re.sub(r"```.*?```|`[^`\n]*`", "", page.read_text(encoding="utf-8"), flags=re.S)
+        unfilled = re.findall(r"(?<![{$\\])\{[A-Za-z_][A-Za-z_0-9]*\}", prose)
+        assert not unfilled, f"{page.relative_to(ROOT)}: unfilled {unfilled}"
+
+
 def test_blocks_said_to_be_the_readmes_are():
     """setup / test / build: the README's block of that kind; readme: one of the README's run blocks
     (tests/test_readme.py runs it)."""
