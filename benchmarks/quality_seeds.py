@@ -94,6 +94,8 @@ GRID = {
 }
 GRID["old_photo"] += [_s(1.0, fix_null_mean=True), _s(1.0, 250, fix_null_mean=True)]
 GRID["inpaint_box"] += [_s(1.0, fix_null_mean=True)]
+for _task in ("inpaint_box", "inpaint_stripes"):   # DDRM's start, which beats them on the hold-out crops
+    GRID[_task] += [_s(1.0, 400), _s(0.85, 400)]
 
 
 # At T = 100 a run costs five T = 20 runs (and the CPU was shared by many jobs): the old default
@@ -109,7 +111,8 @@ GRID_100 = {
 }
 GRID_100["old_photo"] += [_s(1.0, fix_null_mean=True)]
 for _task in ("inpaint_box", "inpaint_stripes", "inpaint_text"):   # inpaint_random's T = 100 choice and neighbours
-    GRID_100[_task] += [s for s in (_s(1.0, 250), _s(1.0, 500), _s(0.85, 400)) if s not in GRID_100[_task]]
+    GRID_100[_task] += [s for s in (_s(1.0, 250), _s(1.0, 500), _s(0.85, 400), _s(1.0, 400))
+                        if s not in GRID_100[_task]]
 
 
 def candidates(task: str, steps: int) -> list[dict]:
