@@ -89,6 +89,12 @@ def load(path: Path) -> dict[str, dict]:
     return cells
 
 
+def is_measured(cells: dict[str, dict], key: str, sampling: dict) -> bool:
+    """Whether the cell was measured with today's chain settings (a task's defaults may have changed
+    since: such a cell is measured again, and the new line wins)."""
+    return key in cells and cells[key].get("sampling") == sampling
+
+
 def append(path: Path, cell: dict) -> None:
     """One JSON line, under an exclusive lock (several processes share the file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,11 +122,14 @@ def problems(patterns: list[str], steps: int):
             yield name, prior, op, op.A(x)
 
 
-def sampling_of(operator, setting: str) -> dict:
-    """The Sampler's chain settings for a setting name (the operator's own for ``defaults``)."""
+def sampling_of(operator, setting: str, steps: int) -> dict:
+    """The Sampler's chain settings for a setting name at T = ``steps`` (the operator's own for
+    ``defaults``, resolved for T as the Sampler resolves them)."""
+    from fixedpoint_ir.operators.tasks import sampling_for_steps
+
     if setting == "paper":
         return dict(PAPER)
-    return dict(operator.task_config.get("sampling") or {})
+    return sampling_for_steps(operator.task_config.get("sampling") or {}, steps)
 
 
 def _operator_for(operator, setting: str):
@@ -133,14 +142,14 @@ def _operator_for(operator, setting: str):
 def reference(prior, operator, y, steps, setting, seed):
     from fixedpoint_ir import Sampler
 
-    sampler = Sampler(prior, operator, "picard", steps=steps, **sampling_of(operator, setting))
+    sampler = Sampler(prior, operator, "picard", steps=steps, **sampling_of(operator, setting, steps))
     return sampler.sequential(y, generator=convergence.seeded(seed, y.device)).image
 
 
 def run_solver(prior, operator, y, steps, setting, name, seed, ref) -> dict:
     """One solve through the Sampler (its default init), with the true error after every round."""
     config = convergence.Config(name, lambda T: make_solver(name, T), init="surrogate")
-    out = convergence.run_config(prior, operator, y, steps, config, seed, ref, sampling_of(operator, setting))
+    out = convergence.run_config(prior, operator, y, steps, config, seed, ref, sampling_of(operator, setting, steps))
     return dict(errors=out.errors, same_8bit=out.same_8bit, nfes=out.nfes, rounds=out.rounds, nfe=out.nfe,
                 status=out.status, final_error=out.final_error, seconds=out.seconds, jvps=0)
 
@@ -152,7 +161,7 @@ def run_newton(prior, operator, y, steps, setting, seed, ref, max_rounds) -> dic
 
     start = time.perf_counter()
     out = convergence.newton_reference(prior, operator, y, steps, seed, ref, max_rounds,
-                                       sampling=sampling_of(operator, setting), network_jvp=forward_jvp,
+                                       sampling=sampling_of(operator, setting, steps), network_jvp=forward_jvp,
                                        done=lambda o: o.errors[-1] <= convergence.TARGET and o.same_8bit[-1])
     jvps = int(out.status.split("(")[1].split()[0])
     return dict(errors=out.errors, same_8bit=out.same_8bit, nfes=out.nfes, rounds=out.rounds, nfe=out.nfe,
@@ -183,20 +192,22 @@ def main(argv=None) -> None:
         for setting in args.settings:
             for problem, prior, operator, y in problems(args.problems, steps):
                 operator = _operator_for(operator, setting)
-                todo = [s for s in args.solvers if cell_key(s, problem, steps, setting) not in load(args.out)]
+                sampling = sampling_of(operator, setting, steps)
+                todo = [s for s in args.solvers if not is_measured(load(args.out), cell_key(s, problem, steps, setting),
+                                                                   sampling)]
                 if not todo:
                     continue
                 ref = reference(prior, operator, y, steps, setting, args.seed)
                 for name in todo:
                     key = cell_key(name, problem, steps, setting)
-                    if key in load(args.out):   # another process did it meanwhile
+                    if is_measured(load(args.out), key, sampling):   # another process did it meanwhile
                         continue
                     if name == NEWTON:
                         cell = run_newton(prior, operator, y, steps, setting, args.seed, ref, args.newton_rounds)
                     else:
                         cell = run_solver(prior, operator, y, steps, setting, name, args.seed, ref)
                     cell.update(key=key, solver=name, problem=problem, steps=steps, setting=setting,
-                                sampling=sampling_of(operator, setting), seed=args.seed, command=command,
+                                sampling=sampling, seed=args.seed, command=command,
                                 machine=machine(), commit=commit(),
                                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
                     append(args.out, cell)

@@ -173,3 +173,19 @@ def test_side_by_side_cells_resume_and_report(side_by_side, tmp_path):
     text = report.write(path).read_text()
     assert "| ParaTAA | 2 | 3 [1/2] | 60 [1/2] | 2 | 40 |" in text
     assert (tmp_path / "figures" / "side_by_side_T20_paper.png").is_file()
+
+
+def test_side_by_side_uses_the_defaults_of_each_T_and_remeasures_stale_cells(side_by_side):
+    """``defaults`` resolves a task's per-T sampling as the Sampler does (sr4 switches at T = 50),
+    and a cell measured with other chain settings (defaults changed since) counts as not measured."""
+    from fixedpoint_ir.operators.tasks import make_operator
+
+    sbs, _, _ = side_by_side
+    op = make_operator("sr4", (3, 16, 16))
+    at20, at100 = sbs.sampling_of(op, "defaults", 20), sbs.sampling_of(op, "defaults", 100)
+    assert "from_steps" not in at20 and at20["t_max"] == 400
+    assert at100 == {"etw": 0.1, "nw": 0.0}
+    assert sbs.sampling_of(op, "paper", 20) == sbs.PAPER
+    cells = {"k": {"sampling": {"etw": 1.0, "nw": 1.0, "t_max": 600}}}
+    assert not sbs.is_measured(cells, "k", at20) and not sbs.is_measured(cells, "other", at20)
+    assert sbs.is_measured({"k": {"sampling": dict(at20)}}, "k", at20)
