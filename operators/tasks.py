@@ -149,7 +149,7 @@ for _name, _sampling in SAMPLING.items():
 def sampling_for_steps(sampling: dict[str, Any], steps: int) -> dict[str, Any]:
     """A task's sampling defaults at T = ``steps``.
 
-    ``sampling`` holds the defaults at few steps (etw, nw, noise, chain, t_max) and, optionally,
+    ``sampling`` holds the defaults at few steps (etw, nw, noise, chain, t_max, fix_null_mean) and, optionally,
     ``"from_steps"``: {threshold (str, JSON keys): overrides}; the overrides of the largest threshold
     ≤ ``steps`` replace those entries (an override ``None`` removes one, e.g. ``"t_max": None`` for
     the whole schedule). One setting cannot serve every T: with more steps the chain corrects the

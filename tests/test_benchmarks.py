@@ -159,15 +159,19 @@ def test_side_by_side_cells_resume_and_report(side_by_side, tmp_path):
     pytest.importorskip("matplotlib")
     sbs, report, _ = side_by_side
     path = tmp_path / "cells.jsonl"
-    base = dict(steps=20, setting="paper", command="c", machine="m", commit="x", date="d", jvps=0)
-    for problem, errors in (("a/sr4", [0.5, 2e-3, 5e-4]), ("b/sr4", [0.5, 0.2, 0.1])):
+    base = dict(steps=20, setting="paper", sampling=dict(sbs.PAPER), command="c", machine="m",
+                commit="x", date="d", jvps=0)
+    stale = {"etw": 0.5, "nw": 0.5}                    # measured with chain settings no longer used
+    for problem, errors, sampling in (("a/sr4", [0.5, 2e-3, 5e-4], sbs.PAPER),
+                                      ("b/sr4", [0.5, 0.2, 0.1], sbs.PAPER),
+                                      ("c/sr4", [0.5, 1e-4, 1e-5], stale)):
         for solver in ("triangular", "parataa"):
             sbs.append(path, dict(base, key=sbs.cell_key(solver, problem, 20, "paper"), solver=solver,
                                   problem=problem, errors=errors, same_8bit=[False, True, True],
                                   nfes=[20, 40, 60], rounds=3, nfe=60, status="stopped",
-                                  final_error=errors[-1], seconds=1.0))
+                                  final_error=errors[-1], seconds=1.0, sampling=dict(sampling)))
     cells = sbs.load(path)
-    assert len(cells) == 4 and sbs.cell_key("parataa", "b/sr4", 20, "paper") in cells
+    assert len(cells) == 6 and sbs.cell_key("parataa", "b/sr4", 20, "paper") in cells
     assert report.to_target(cells[sbs.cell_key("parataa", "a/sr4", 20, "paper")]) == (3, 60)
     assert report.to_8bit(cells[sbs.cell_key("parataa", "a/sr4", 20, "paper")]) == (2, 40)
     text = report.write(path).read_text()

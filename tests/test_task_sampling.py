@@ -50,7 +50,7 @@ def test_every_registered_rule_resolves_at_20_and_100_steps():
         for steps in (20, 100):
             resolved = sampling_for_steps(task.sampling, steps)
             assert "from_steps" not in resolved
-            assert set(resolved) <= {"etw", "nw", "noise", "chain", "t_max"}, task.name
+            assert set(resolved) <= {"etw", "nw", "noise", "chain", "t_max", "fix_null_mean"}, task.name
 
 
 @pytest.mark.parametrize("task", ["sr4", "deblur_gauss", "inpaint_random", "colorize"])
