@@ -233,8 +233,11 @@ def test_the_package_imports_lazily_and_exports_the_solvers():
 
 def _interrupt(argv: list[str], after) -> subprocess.CompletedProcess:
     """Start the CLI, send SIGINT when ``after(stderr_so_far, seconds)`` says so."""
+    # A test run started in the background by a shell inherits SIGINT ignored (POSIX); the command
+    # line is tested as a terminal starts it, with the default disposition.
     proc = subprocess.Popen([sys.executable, "-m", "fixedpoint_ir", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=REPO)
+                            stderr=subprocess.PIPE, cwd=REPO,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     start = time.time()
     fd = proc.stderr.fileno()
     os.set_blocking(fd, False)
