@@ -49,13 +49,15 @@ from fixedpoint_ir.backends import Triangular  # noqa: E402
 TARGET = convergence.TARGET
 SETTINGS = {"bench": dict(etw=0.1, nw=0.0), "defaults": {}}
 CONFIGS = {
-    "Triangular() (today's default)": lambda: Triangular(),
+    'accelerate="none" (the default until auto)': lambda: Triangular(accelerate="none"),
+    'Triangular() (default: auto)': lambda: Triangular(),
     "anderson m=2": lambda: Triangular(accelerate="anderson", memory=2),
     "anderson m=3": lambda: Triangular(accelerate="anderson", memory=3),
     "aitken": lambda: Triangular(accelerate="aitken"),
     "damping k=0.3": lambda: Triangular(accelerate="damping", damping=0.3),
+    "anchored": lambda: Triangular(far_rows="anchored"),
 }
-BASELINE = "Triangular() (today's default)"
+BASELINE = 'accelerate="none" (the default until auto)'
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -67,8 +69,10 @@ def commit() -> str:
         return "unknown"
 
 
-def problems(tasks, photos, steps):
-    for name, prior, op, y, T in convergence.learned_problems(photos, steps=(steps,)):
+def problems(tasks, photos, steps, setting):
+    """The learned problems; ``defaults`` keeps each task's sampling (the Sampler resolves it per T)."""
+    for name, prior, op, y, T in convergence.learned_problems(photos, steps=(steps,),
+                                                              task_sampling=setting == "defaults"):
         if any(f", {task}," in name for task in tasks):
             yield name, prior, op, y, T
 
@@ -96,9 +100,35 @@ class _Tail:
         self.last_fz = fz
 
 
-def run(prior, op, y, T, setting, solver, seed, reference, diagnose=False):
+def sampling_of(op, setting, T) -> dict:
+    """The chain settings a run uses: the task's own, resolved for T, under ``defaults``."""
+    from fixedpoint_ir.operators.tasks import sampling_for_steps
+
+    if setting != "defaults":
+        return dict(SETTINGS[setting])
+    return sampling_for_steps(op.task_config.get("sampling") or {}, T)
+
+
+def today(entry) -> bool:
+    """Whether an entry ran with today's chain settings for its task and T. Entries without a record
+    of them were measured before it was kept: with the task defaults of their commit, and ``bench``
+    ones from the task's t_max where the task had one (until convergence.py's fix 0e14b5e)."""
+    from fixedpoint_ir.operators.tasks import TASKS, sampling_for_steps
+
+    if entry["setting"] != "defaults":
+        return entry.get("sampling") == SETTINGS[entry["setting"]]
+    task = entry["problem"].split(", ")[2]
+    return entry.get("sampling") == sampling_for_steps(TASKS[task].sampling, entry["steps"])
+
+
+def run(prior, op, y, T, setting, solver, seed, reference_states, diagnose=False):
     sampler = Sampler(prior, op, solver, steps=T, **SETTINGS[setting])
+    reference = reference_states[-1]
     box, errors, same, nfes = {}, [], [], []
+    # Research note §4: how far each row beyond the first window is from its final state when it
+    # enters the window (relative max-abs), the quantity far_rows="anchored" is meant to lower.
+    width = getattr(solver, "window", None) or T
+    entry_errors: dict[int, float] = {}
     tail = _Tail() if diagnose else None
     original = sampler.chain
 
@@ -115,13 +145,18 @@ def run(prior, op, y, T, setting, solver, seed, reference, diagnose=False):
         nfes.append(box["chain"].nfe)
         if tail is not None:
             tail(info, errors[-1])
+        front = min(int(info.extra.get("prefix", [0])[0]) + width, T) if "prefix" in info.extra else T
+        for j in range(width, front):
+            if j not in entry_errors:
+                star = reference_states[j]
+                entry_errors[j] = float((info.z[j] - star).abs().max() / star.abs().max())
 
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = sampler.restore(y, generator=convergence.seeded(seed, y.device), callback=callback)
     within = next((k + 1 for k, e in enumerate(errors) if e <= TARGET), None)
-    entry = dict(errors=errors, nfes=nfes, rounds_to_tol=within,
+    entry = dict(sampling=sampling_of(op, setting, T), errors=errors, nfes=nfes, rounds_to_tol=within,
                  nfe_to_tol=nfes[within - 1] if within else None,
                  stop_rounds=result.rounds, stop_nfe=result.nfe, status=result.status.value,
                  stop_error=convergence.relative_error(result.image, reference),
@@ -130,12 +165,14 @@ def run(prior, op, y, T, setting, solver, seed, reference, diagnose=False):
                  seconds=time.perf_counter() - start)
     if tail is not None:
         entry["tail_cos"], entry["tail_ratio"] = tail.cos, tail.ratio
+    if entry_errors:
+        entry["window_entry_errors"] = [entry_errors[j] for j in sorted(entry_errors)]
     return entry
 
 
 def sequential(prior, op, y, T, setting, seed):
     sampler = Sampler(prior, op, "picard", steps=T, **SETTINGS[setting])
-    return sampler.sequential(y, generator=convergence.seeded(seed, y.device)).image
+    return sampler.sequential(y, generator=convergence.seeded(seed, y.device)).states
 
 
 def save(path, data):
@@ -146,7 +183,7 @@ def save(path, data):
 
 def measure(args, path, data):
     for setting in args.settings:
-        for problem, prior, op, y, T in problems(args.tasks, args.photos, args.steps):
+        for problem, prior, op, y, T in problems(args.tasks, args.photos, args.steps, setting):
             reference = None
             for name in args.configs:
                 key = f"{setting} | {problem} | {name}"
@@ -196,7 +233,7 @@ def rho(args, path, data):
     from torch.autograd.functional import jvp   # forward mode fails on the shipped UNet (a view)
 
     for setting in args.settings:
-        for problem, prior, op, y, T in problems(args.tasks, args.photos, args.steps):
+        for problem, prior, op, y, T in problems(args.tasks, args.photos, args.steps, setting):
             key = f"rho | {setting} | {problem}"
             if key in data["entries"]:
                 continue
@@ -251,7 +288,7 @@ def gain(args, path, data):
     z*_j + δ (all rows' perturbed chains batched per time step), the model's the same quantity for
     the chain with ε linearised by the surrogate's Jacobian (γ = 1) and by the solver's last γ."""
     for setting in args.settings:
-        for problem, prior, op, y, T in problems(args.tasks, args.photos, args.steps):
+        for problem, prior, op, y, T in problems(args.tasks, args.photos, args.steps, setting):
             key = f"gain | {setting} | {problem}"
             if key in data["entries"]:
                 continue
@@ -310,7 +347,9 @@ def report(out: Path) -> str:
     commands = []
     for file in sorted(out.glob("acceleration_*.json")):
         data = json.loads(file.read_text())
-        entries.update(data["entries"])
+        # Keyed by file too: a re-measurement with changed task defaults must not replace the record.
+        entries.update({f"{file.stem} | {k}": dict(e, commit=data["commit"]) if isinstance(e, dict) else e
+                        for k, e in data["entries"].items()})
         commands.append(f"`{data['command']}` ({data['machine']}, commit {data['commit']})")
     med = lambda v: statistics.median(v) if v else float("nan")  # noqa: E731
     lines = ["# Accelerating the triangular solver (issue #19, items 4–5)", "",
@@ -321,46 +360,60 @@ def report(out: Path) -> str:
              "(largest), *8-bit*: first round with the 8-bit image equal to the sequential one to one level "
              "(median), *NFE/T* at the stop (median), *worst converged error*: largest true error among runs "
              "reported converged (must be ≤ 1e-3).", ""]
-    runs = [e for k, e in entries.items() if not k.startswith(("rho", "gain"))]
-    for setting in SETTINGS:
-        for T in sorted({e["steps"] for e in runs if e["setting"] == setting}):
-            cell = [e for e in runs if e["setting"] == setting and e["steps"] == T]
-            if not cell:
+    runs = [e for k, e in entries.items() if not k.split(" | ")[1].startswith(("rho", "gain"))]
+    # Today's task defaults first, then each earlier commit's (the docs quote both).
+    eras = ["today"] + sorted({e["commit"] for e in runs if not today(e)})
+    for setting, era, T in [(s_, era, T) for s_ in SETTINGS for era in eras
+                            for T in sorted({e["steps"] for e in runs if e["setting"] == s_})]:
+        cell = [e for e in runs if e["setting"] == setting and e["steps"] == T
+                and (today(e) if era == "today" else not today(e) and e["commit"] == era)]
+        if not cell:
+            continue
+        what = (SETTINGS[setting] or "task defaults") if era == "today" else \
+            f"{'the task defaults' if setting == 'defaults' else SETTINGS[setting]} as run at commit {era}"
+        lines += [f"## {setting} ({what}), T = {T}", "",
+                  "| configuration | problems | to 1e-3 | stop | lag (max) | 8-bit | NFE/T | "
+                  "worst converged error | fallbacks |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name in CONFIGS:
+            rows = [e for e in cell if e["config"] == name]
+            if not rows:
                 continue
-            lines += [f"## {setting} ({SETTINGS[setting] or 'task defaults'}), T = {T}", "",
-                      "| configuration | problems | to 1e-3 | stop | lag (max) | 8-bit | NFE/T | "
-                      "worst converged error | fallbacks |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-            for name in CONFIGS:
-                rows = [e for e in cell if e["config"] == name]
-                if not rows:
-                    continue
-                conv = [e["stop_error"] for e in rows if e["status"] == "converged"]
-                lag = max((e["stop_rounds"] - (e["rounds_to_tol"] or T)) for e in rows)
-                lines.append(
-                    f"| {name} | {len(rows)} | {med([e['rounds_to_tol'] or T for e in rows]):g} | "
-                    f"{med([e['stop_rounds'] for e in rows]):g} | {lag} | "
-                    f"{med([e['first_8bit'] or T for e in rows]):g} | "
-                    f"{med([e['stop_nfe'] / T for e in rows]):.1f} | "
-                    f"{max(conv) if conv else float('nan'):.1e} | {sum(e['fallbacks'] or 0 for e in rows)} |")
-            lines += ["", "Per problem (to 1e-3 / stop), baseline first:", "",
-                      "| problem | " + " | ".join(CONFIGS) + " |", "|---|" + "---:|" * len(CONFIGS)]
-            for problem in dict.fromkeys(e["problem"] for e in cell):
-                by = {e["config"]: e for e in cell if e["problem"] == problem}
-                lines.append(f"| {problem.replace('learned prior, ', '')} | " + " | ".join(
-                    f"{by[c]['rounds_to_tol'] or '—'} / {by[c]['stop_rounds']}" if c in by else "" for c in CONFIGS)
-                    + " |")
-            base = [e for e in cell if e["config"] == BASELINE and e.get("tail_cos")]
-            if base:
-                cos = [c for e in base for c in e["tail_cos"]]
-                ratio = [r for e in base for r in e["tail_ratio"]]
-                lines += ["", f"Free diagnostic (baseline, tail rounds with image error ≤ 0.1, unaccepted "
-                          f"rows, {len(cos)} row-rounds): median cos θ between a row's consecutive changes "
-                          f"{med(cos):.2f} (quartiles {statistics.quantiles(cos, n=4)[0]:.2f} / "
-                          f"{statistics.quantiles(cos, n=4)[2]:.2f}); median change ratio {med(ratio):.2f}; "
-                          f"per problem median cos θ: " + ", ".join(
-                              f"{med(e['tail_cos']):.2f}" for e in base) + "."]
-            lines.append("")
-    rhos = {k: e for k, e in entries.items() if k.startswith("rho")}
+            conv = [e["stop_error"] for e in rows if e["status"] == "converged"]
+            lag = max((e["stop_rounds"] - (e["rounds_to_tol"] or T)) for e in rows)
+            lines.append(
+                f"| {name} | {len(rows)} | {med([e['rounds_to_tol'] or T for e in rows]):g} | "
+                f"{med([e['stop_rounds'] for e in rows]):g} | {lag} | "
+                f"{med([e['first_8bit'] or T for e in rows]):g} | "
+                f"{med([e['stop_nfe'] / T for e in rows]):.1f} | "
+                f"{max(conv) if conv else float('nan'):.1e} | {sum(e['fallbacks'] or 0 for e in rows)} |")
+        present = [c for c in CONFIGS if any(e["config"] == c for e in cell)]
+        lines += ["", "Per problem (to 1e-3 / stop), baseline first:", "",
+                  "| problem | " + " | ".join(present) + " |", "|---|" + "---:|" * len(present)]
+        for problem in dict.fromkeys(e["problem"] for e in cell):
+            by = {e["config"]: e for e in cell if e["problem"] == problem}
+            lines.append(f"| {problem.replace('learned prior, ', '')} | " + " | ".join(
+                f"{by[c]['rounds_to_tol'] or '—'} / {by[c]['stop_rounds']}" if c in by else "" for c in present)
+                + " |")
+        entering = {name: [x for e in cell if e["config"] == name for x in e.get("window_entry_errors", [])]
+                    for name in CONFIGS}
+        if any(entering.values()):
+            lines += ["", "Rows beyond the first window, true error (relative max-abs) when they enter it, "
+                      "median (quartiles): " + "; ".join(
+                          f"{name} {med(v):.2e} ({statistics.quantiles(v, n=4)[0]:.1e}–"
+                          f"{statistics.quantiles(v, n=4)[2]:.1e})" for name, v in entering.items()
+                          if len(v) > 1) + "."]
+        base = [e for e in cell if e["config"] == BASELINE and e.get("tail_cos")]
+        if base:
+            cos = [c for e in base for c in e["tail_cos"]]
+            ratio = [r for e in base for r in e["tail_ratio"]]
+            lines += ["", f"Free diagnostic (baseline, tail rounds with image error ≤ 0.1, unaccepted "
+                      f"rows, {len(cos)} row-rounds): median cos θ between a row's consecutive changes "
+                      f"{med(cos):.2f} (quartiles {statistics.quantiles(cos, n=4)[0]:.2f} / "
+                      f"{statistics.quantiles(cos, n=4)[2]:.2f}); median change ratio {med(ratio):.2f}; "
+                      f"per problem median cos θ: " + ", ".join(
+                          f"{med(e['tail_cos']):.2f}" for e in base) + "."]
+        lines.append("")
+    rhos = {k: e for k, e in entries.items() if k.split(" | ")[1] == "rho"}
     if rhos:
         lines += ["## Jacobian-model fidelity ρ along the replay's directions", "",
                   "ρ = ‖J d − γ J_s d‖/‖J d‖ per evaluated row and round, J d the network's exact JVP (autograd) "
@@ -377,7 +430,7 @@ def report(out: Path) -> str:
                          + " / ".join(f"{med([x[n] for x in r]):.3f}" if n in r[0] else "—" for n in
                                       ("rho_patch16_oracle", "rho_patch8_oracle", "rho_patch4_oracle")) + " |")
         lines.append("")
-    gains = [e for k, e in entries.items() if k.startswith("gain")]
+    gains = [e for k, e in entries.items() if k.split(" | ")[1] == "gain"]
     if gains:
         lines += ["## Row-to-image gain: does the linear model bound the true one?", "",
                   "Gain of row j = max|Δ image| / max|δ| for a perturbation δ of the sequential chain's row j "

@@ -193,3 +193,40 @@ def test_side_by_side_uses_the_defaults_of_each_T_and_remeasures_stale_cells(sid
     cells = {"k": {"sampling": {"etw": 1.0, "nw": 1.0, "t_max": 600}}}
     assert not sbs.is_measured(cells, "k", at20) and not sbs.is_measured(cells, "other", at20)
     assert sbs.is_measured({"k": {"sampling": dict(at20)}}, "k", at20)
+
+
+def test_learned_problems_run_the_task_defaults_only_when_asked(convergence):
+    """acceleration.py's 'defaults' setting is the tasks' sampling (it silently ran etw 0.1, nw 0
+    for a while, when learned_problems started wiping the task's sampling for its own setting)."""
+    from fixedpoint_ir import Sampler
+
+    (_, prior, bench_op, _, _), = [p for p in convergence.learned_problems(["flower"], steps=(50,))
+                                   if "deblur" in p[0]]
+    (_, _, task_op, _, _), = [p for p in convergence.learned_problems(["flower"], steps=(50,), task_sampling=True)
+                              if "deblur" in p[0]]
+    bench, task = Sampler(prior, bench_op, steps=50), Sampler(prior, task_op, steps=50)
+    assert (bench.etw, bench.nw, bench.t_max) == (0.1, 0.0, None)
+    assert (task.etw, task.nw, task.t_max) != (0.1, 0.0, None)
+
+
+def test_acceleration_report_keeps_runs_with_earlier_task_defaults_apart(convergence, tmp_path, monkeypatch):
+    """A re-measurement after the task defaults changed does not overwrite the earlier record, and the
+    two are never medians of one table."""
+    import acceleration
+    from fixedpoint_ir.operators.tasks import TASKS, sampling_for_steps
+
+    problem = "learned prior, flower 64×64, sr4, T = 20"
+    run = dict(setting="defaults", problem=problem, config=acceleration.BASELINE, steps=20, errors=[1.0],
+               nfes=[20], rounds_to_tol=9, stop_rounds=10, stop_nfe=200, status="converged",
+               stop_error=1e-4, first_8bit=8, fallbacks=0)
+    key = f"defaults | {problem} | {acceleration.BASELINE}"
+    for tag, commit, entry in (("old", "aaaaaaa", dict(run)),
+                               ("new", "bbbbbbb", dict(run, stop_rounds=14,
+                                                       sampling=sampling_for_steps(TASKS["sr4"].sampling, 20)))):
+        (tmp_path / f"acceleration_{tag}.json").write_text(json.dumps(
+            dict(command="c", machine="m", commit=commit, entries={key: entry})))
+    text = acceleration.report(tmp_path)
+    today = text.split("## defaults (task defaults), T = 20", 1)[1].split("##", 1)[0]
+    earlier = text.split("## defaults (the task defaults as run at commit aaaaaaa), T = 20", 1)[1].split("##", 1)[0]
+    assert "| 1 | 9 | 14 |" in today and "| 1 | 9 | 10 |" in earlier
+    sys.modules.pop("acceleration", None)
