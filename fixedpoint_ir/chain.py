@@ -156,13 +156,16 @@ class Chain:
     # --- the update rule -------------------------------------------------------------------
     def step(self, j: int, x: Tensor, e: Tensor) -> Tensor:
         """One DDIM step from t_j to s_j with the range/null-space correction (DESIGN §2)."""
-        x0 = (x - self._sqrt_1ma[j] * e) / self._sqrt_a[j]
-        if self.correction is not None:
-            x0 = self.correction(x0, j)
+        x0 = self.denoised(j, x, e)
         x_next = self._sqrt_b[j] * x0 + self._c2[j] * e
         if self._c1[j]:
             x_next = x_next + self._c1[j] * self.noise[j]
         return x_next
+
+    def denoised(self, j: int, x: Tensor, e: Tensor) -> Tensor:
+        """Row j's estimate of the clean image from its input x and ε e, corrected (x̂0')."""
+        x0 = (x - self._sqrt_1ma[j] * e) / self._sqrt_a[j]
+        return x0 if self.correction is None else self.correction(x0, j)
 
     # --- the expensive part: all network calls of a round in one batch --------------------------
     def network_inputs(self, z: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
@@ -217,6 +220,12 @@ class Chain:
         if isinstance(rows, int):
             return self.surrogate.jvp(d, self._a[rows])     # a Python float: no device sync
         return self.surrogate.jvp(d, self.coefficients.a.to(d.dtype).to(d.device)[rows])
+
+    def surrogate_eps_around(self, rows: Tensor, u: Tensor, centre: Tensor) -> Tensor:
+        """ε of the Gaussian data model with its mean moved to ``centre``: J_j (u − √ᾱ_j centre),
+        one row index per item of u and centre (B, C, H, W). Same Jacobian as :meth:`surrogate_eps`."""
+        a = self.coefficients.a.to(u.dtype).to(u.device)[rows]
+        return self.surrogate.jvp(u - a.sqrt().view(-1, *([1] * (u.dim() - 1))) * centre, a)
 
     def surrogate_trajectory(self) -> Tensor:
         """The chain run sequentially with the surrogate instead of the network (no network call):

@@ -345,6 +345,11 @@ class Sampler:
         return self._run_sequential(chain)
 
     # --- solver="auto" and the memory plan (issue 12) -------------------------------------------
+    def _memory_mode(self, chain: Chain) -> str:
+        """The solver's name for the memory plan (a solver may keep more on some chains)."""
+        mode = getattr(self.solver, "memory_mode", None)
+        return mode(chain) if callable(mode) else self.solver.name
+
     def _memory_plan(self, chain: Chain, mode: str) -> MemoryPlan | None:
         if not self.plan_memory:
             return None
@@ -358,7 +363,7 @@ class Sampler:
         """Parallel (the triangular solver) or sequential for this chain: see :mod:`fixedpoint_ir.cost`."""
         from .cost import choose
 
-        plan = self._memory_plan(chain, self.solver.name)
+        plan = self._memory_plan(chain, self._memory_mode(chain))
         ranks = getattr(self.prior, "world_size", 1)
         if ranks > 1:   # timings differ between ranks, and every rank must take the same path
             return Choice("parallel", math.nan, math.nan, f"distributed over {ranks} ranks (not timed)")
@@ -431,7 +436,7 @@ class Sampler:
             if callback is not None:
                 callback(info)
 
-        plan = self._memory_plan(chain, self.solver.name)
+        plan = self._memory_plan(chain, self._memory_mode(chain))
         split = RoundTimes(chain)
         start = time.perf_counter()
         try:

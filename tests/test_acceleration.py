@@ -1,4 +1,4 @@
-"""Accelerated triangular iterations (``Triangular(accelerate=...)``, issue #19 item 5).
+"""Accelerated triangular iterations (``Triangular(accelerate=...)``, ``far_rows="anchored"``; issue #19 item 5).
 
 Every option keeps the answer (exact after T rounds in float64) and the honest stop (converged ⇒
 within tol of the sequential chain), also when the Jacobian model misleads; the extrapolations
@@ -19,8 +19,8 @@ from helpers import ground_truth, make_operator, observe
 from test_surrogate import random_power_law
 
 OPTIONS = [dict(accelerate="anderson", memory=2), dict(accelerate="anderson", memory=3),
-           dict(accelerate="aitken"), dict(accelerate="damping", damping=0.3)]
-NAMES = ["anderson-2", "anderson-3", "aitken", "damping"]
+           dict(accelerate="aitken"), dict(accelerate="damping", damping=0.3), dict(far_rows="anchored")]
+NAMES = ["anderson-2", "anderson-3", "aitken", "damping", "anchored"]
 
 
 def _restore(op_name, solver, *, prior=None, size=8, steps=20, seed=0, surrogate=None, nw=0.0, n=1):
@@ -137,3 +137,27 @@ def test_bad_acceleration_options_name_the_argument():
         Triangular(accelerate="damping", damping=1.0)
     with pytest.raises(ValueError, match="kind"):
         RowAccelerator("none")
+    with pytest.raises(ValueError, match="far_rows"):
+        Triangular(far_rows="x0")
+
+
+@pytest.mark.parametrize("nw, expected", [(0.0, "none"), (0.5, "anderson")])
+def test_the_default_mixes_exactly_when_the_chain_reads_fresh_noise(nw, expected):
+    """accelerate="auto" (the default) is bit for bit "anderson" on a chain that reads its noises
+    and "none" on a deterministic one, and plans memory for the history it keeps."""
+    op = make_operator("sr", 8)
+    y = observe(op, ground_truth(8, 2, dtype=torch.float64))
+    runs = {}
+    for accelerate in ("auto", "none", "anderson"):
+        solver = Triangular(accelerate=accelerate)
+        sampler = Sampler(GaussianMixturePrior(0.5, 0.05), op, solver, steps=14, etw=0.5, nw=nw)
+        chain = sampler.chain(y, generator=torch.Generator().manual_seed(0))
+        runs[accelerate] = sampler.restore(y, generator=torch.Generator().manual_seed(0))
+        if accelerate == "auto":
+            assert solver.acceleration_for(chain) == expected
+            assert solver.memory_mode(chain) == ("triangular+anderson" if nw else "triangular")
+    assert Triangular().accelerate == "auto"
+    assert torch.equal(runs["auto"].states, runs[expected].states)
+    assert runs["auto"].rounds == runs[expected].rounds
+    other = "anderson" if expected == "none" else "none"
+    assert not torch.equal(runs["auto"].states, runs[other].states)
