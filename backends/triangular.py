@@ -102,9 +102,7 @@ class Triangular(FixedPointSolver):
             convergence is within tol of the sequential chain.
         max_rate: the largest contraction the estimate assumes (a row whose change does not
             shrink needs change ≤ tol·(1 − max_rate)/max_rate).
-        accelerate: ``"auto"`` (default: ``"anderson"`` on chains that read fresh noise, such as
-            every task default at T = 20, ``"none"`` on deterministic ones, where it measured
-            neutral to a round worse), ``"none"``, ``"anderson"`` (ParaTAA's triangular Anderson on the
+        accelerate: ``"none"`` (default), ``"anderson"`` (ParaTAA's triangular Anderson on the
             replay's output, memory ``memory``), ``"aitken"`` (per-row Aitken relaxation) or
             ``"damping"`` (the secant scales of rows past the first unaccepted one replayed as
             (1 − ``damping``)·γ); see :mod:`backends.acceleration`. Rows up to the first
@@ -129,7 +127,7 @@ class Triangular(FixedPointSolver):
                  linearize: str = "secant", window: int | None = DEFAULT_WINDOW, freeze: bool = True,
                  reuse: float = 1.0, row_tol: str = "uniform", slope_bounds: tuple[float, float] = (0.0, 4.0),
                  stop: str = "estimate", safety: float | None = None, max_rate: float = 0.9,
-                 accelerate: str = "auto", memory: int = 2, damping: float = 0.3,
+                 accelerate: str = "none", memory: int = 2, damping: float = 0.3,
                  far_rows: str = "surrogate",
                  safeguard: float | None = 100.0, divergence_factor: float = 1e4):
         super().__init__(tol, max_rounds, divergence_factor)
@@ -153,33 +151,24 @@ class Triangular(FixedPointSolver):
         if not 0 < max_rate < 1:
             raise ValueError(f"max_rate must lie in (0, 1), got {max_rate!r}")
         self.stop, self.safety, self.max_rate = stop, safety, max_rate
-        if accelerate not in ("auto", *ACCELERATIONS):
-            raise ValueError(f"accelerate must be one of {('auto', *ACCELERATIONS)}, got {accelerate!r}")
+        if accelerate not in ACCELERATIONS:
+            raise ValueError(f"accelerate must be one of {ACCELERATIONS}, got {accelerate!r}")
         if not 0 <= damping < 1:
             raise ValueError(f"damping must lie in [0, 1), got {damping!r}")
-        if accelerate in ("anderson", "auto"):
+        if accelerate == "anderson":
             RowAccelerator("anderson", memory)    # validates memory
         self.accelerate, self.memory, self.damping = accelerate, memory, damping
         if far_rows not in FAR_ROWS:
             raise ValueError(f"far_rows must be one of {FAR_ROWS}, got {far_rows!r}")
         self.far_rows = far_rows
 
-    def acceleration_for(self, f) -> str:
-        """What ``accelerate`` means on the map ``f``: ``"auto"`` resolved by whether the chain reads
-        fresh noise. Measured on the shipped prior (docs/solvers.md): at the stochastic task
-        defaults successive changes of a row alternate in sign and Anderson cuts the median stop
-        at T = 20 from 15 to 12 rounds; at etw = 0.1, nw = 0 they do not, and it cost a round."""
-        if self.accelerate != "auto":
-            return self.accelerate
-        return "anderson" if getattr(f, "reads_noise", False) else "none"
-
     def memory_mode(self, f) -> str:
         """The memory plan's name for this solve (Anderson keeps a history of the trajectory)."""
-        return "triangular+anderson" if self.acceleration_for(f) == "anderson" else self.name
+        return "triangular+anderson" if self.accelerate == "anderson" else self.name
 
-    def _accelerator(self, kind: str) -> RowAccelerator | None:
-        if kind in ("anderson", "aitken"):
-            return RowAccelerator(kind, self.memory)
+    def _accelerator(self) -> RowAccelerator | None:
+        if self.accelerate in ("anderson", "aitken"):
+            return RowAccelerator(self.accelerate, self.memory)
         return None
 
     def row_tolerances(self, f: TriangularRecurrence, rows: int) -> Tensor:
@@ -222,8 +211,7 @@ class Triangular(FixedPointSolver):
         prev_hi, prev_guarded = torch.zeros(n, dtype=torch.long, device=dev), math.inf
         # Last round's (z, F(z), contraction) for the a-posteriori error estimate (None/NaN: unknown).
         history = (None, None, torch.full((rows, n), math.nan, device=dev, dtype=dtype))
-        acceleration = self.acceleration_for(f)
-        accelerator = self._accelerator(acceleration)
+        accelerator = self._accelerator()
         budget_used = torch.zeros(n, device=dev, dtype=dtype)   # error share of accepted rows
         status = Status.MAX_ROUNDS
         rounds = 0
@@ -259,8 +247,7 @@ class Triangular(FixedPointSolver):
             if self.far_rows == "anchored" and width < rows:
                 self._anchor_far_rows(f, e_cache, at, hi, evaluated)
 
-            fz, new_inputs = self._replay(f, z, e_cache, at,
-                                          self._damped(scale, prefix, row_index, acceleration), prefix)
+            fz, new_inputs = self._replay(f, z, e_cache, at, self._damped(scale, prefix, row_index), prefix)
             change = (fz - z).abs().flatten(2).amax(-1)
             residual = float(change.max())
             # Compare like with like: rows that were already in last round's window.
@@ -390,9 +377,9 @@ class Triangular(FixedPointSolver):
             e_cache[far, image] = f.surrogate_eps_around(far, at[far, image],
                                                          centre.expand(far.numel(), *centre.shape[1:]))
 
-    def _damped(self, scale, prefix, row_index, acceleration):
+    def _damped(self, scale, prefix, row_index):
         """``accelerate="damping"``: the secant scales of rows past the first unaccepted one × (1 − k)."""
-        if acceleration != "damping" or self.damping == 0:
+        if self.accelerate != "damping" or self.damping == 0:
             return scale
         factor = torch.where(row_index > prefix, 1.0 - self.damping, 1.0).to(scale.dtype)
         return scale * factor

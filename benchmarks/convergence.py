@@ -248,16 +248,17 @@ def analytic_problems(size=32, device="cpu"):
             yield f"mixture prior 3×{size}×{size}, {name}, T = {steps}", prior.to(device), op, op.A(x.to(device)), steps
 
 
-def learned_problems(photos=None, size=64, device="cpu", steps=(20,), task_sampling=False):
-    """Shipped prior × hold-out crops × sr4 / deblur_gauss / inpaint_random. The chain settings are
-    etw = 0.1, nw = 0 from pure noise unless ``task_sampling`` (then the tasks' defaults)."""
+def learned_problems(photos=None, size=64, device="cpu", steps=(20,), task_sampling=False,
+                     tasks=("sr4", "deblur_gauss", "inpaint_random")):
+    """Shipped prior × hold-out crops × tasks (sr4 / deblur_gauss / inpaint_random). The chain
+    settings are etw = 0.1, nw = 0 from pure noise unless ``task_sampling`` (then the tasks')."""
     from fixedpoint_ir.operators.tasks import make_operator
     from fixedpoint_ir.photos import HOLDOUT, holdout_crop
     from fixedpoint_ir.priors.default import default_prior
 
     prior = default_prior()
     for T in steps:
-        for task in ("sr4", "deblur_gauss", "inpaint_random"):
+        for task in tasks:
             for photo in photos or HOLDOUT:
                 x = holdout_crop(photo, size, scale=0.25)[None]
                 op = make_operator(task, tuple(x.shape[1:]), generator=torch.Generator().manual_seed(0))

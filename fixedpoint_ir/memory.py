@@ -35,7 +35,7 @@ ACTIVATION_SLACK = 1.25
 # (Sampler.chain): an upper bound by one copy there. ParaDiGMS and ParaTAA: their PeakTensorBytes
 # peaks were 1.7× and 3.1× Picard's (T = 20, 32×32, nw = 0.5; ParaTAA keeps two iterates and two
 # residuals per row, its one-step and order-p maps), scaled to Picard's count here.
-# The triangular solver with Anderson mixing (its default on noisy chains) keeps two iterates and
+# The triangular solver with Anderson mixing (accelerate="anderson") keeps two iterates and
 # two residuals besides: its PeakTensorBytes peak was 1.68× the plain solver's (T = 20, 32×32,
 # nw = 1; 1.35× at T = 48 with the 24-row window), scaled to the plain solver's count here.
 _STATE_COPIES = {"sequential": 3, "triangular": 9, "triangular+anderson": 16, "picard": 5,
