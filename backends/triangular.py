@@ -163,7 +163,7 @@ class Triangular(FixedPointSolver):
         self.far_rows = far_rows
 
     def memory_mode(self, f) -> str:
-        """The memory plan's name for this solve (Anderson keeps a history of the trajectory)."""
+        """Anderson keeps a history of the trajectory: the plan counts it."""
         return "triangular+anderson" if self.accelerate == "anderson" else self.name
 
     def _accelerator(self) -> RowAccelerator | None:

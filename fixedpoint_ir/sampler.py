@@ -346,9 +346,7 @@ class Sampler:
 
     # --- solver="auto" and the memory plan (issue 12) -------------------------------------------
     def _memory_mode(self, chain: Chain) -> str:
-        """The solver's name for the memory plan (a solver may keep more on some chains)."""
-        mode = getattr(self.solver, "memory_mode", None)
-        return mode(chain) if callable(mode) else self.solver.name
+        return self.solver.memory_mode(chain)
 
     def _memory_plan(self, chain: Chain, mode: str) -> MemoryPlan | None:
         if not self.plan_memory:

@@ -180,6 +180,11 @@ class FixedPointSolver(ABC):
     def round_limit(self, z0: Tensor) -> int:
         return self.max_rounds if self.max_rounds is not None else int(z0.shape[0])
 
+    def memory_mode(self, f) -> str:
+        """The memory plan's name for a solve of ``f`` (:func:`fixedpoint_ir.memory.state_copies`):
+        the solver's name unless its options keep more states."""
+        return self.name
+
     @abstractmethod
     def solve(self, f: Callable[[Tensor], Tensor], z0: Tensor,
               callback: Callable[[RoundInfo], None] | None = None) -> SolverReport:
