@@ -75,8 +75,11 @@ def _motorcycle(index: int) -> Callable[[], np.ndarray]:
 
 def _sklearn(filename: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        from sklearn.datasets import load_sample_image
-
+        try:
+            from sklearn.datasets import load_sample_image
+        except ImportError as e:
+            raise ModuleNotFoundError(f"the photo {filename} ships with scikit-learn, which is not "
+                                      "installed: pip install 'fixedpoint-ir[images]'") from e
         return load_sample_image(filename)
     return load
 

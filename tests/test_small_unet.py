@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -182,3 +183,12 @@ def test_random_crops_are_symmetries_of_the_window():
 def test_train_args_validation(tmp_path):
     with pytest.raises(SystemExit):
         train.main(["--out", str(tmp_path)])                   # neither --steps nor --minutes
+
+
+def test_a_photo_whose_package_is_missing_names_the_extra(monkeypatch):
+    """flower.jpg and china.jpg ship with scikit-learn (in the images extra): without it the error
+    says what to install, not a bare import failure deep in the loader."""
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ModuleNotFoundError, match=r"flower\.jpg.*fixedpoint-ir\[images\]"):
+        photos.load_photo("flower")
