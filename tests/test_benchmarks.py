@@ -230,3 +230,15 @@ def test_acceleration_report_keeps_runs_with_earlier_task_defaults_apart(converg
     earlier = text.split("## defaults (the task defaults as run at commit aaaaaaa), T = 20", 1)[1].split("##", 1)[0]
     assert "| 1 | 9 | 14 |" in today and "| 1 | 9 | 10 |" in earlier
     sys.modules.pop("acceleration", None)
+
+
+def test_state_copies_script_finds_andersons_history(monkeypatch, capsys):
+    """The measurement behind memory.py's Anderson count: its peak exceeds the plain solver's."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import state_copies
+
+    state_copies.main(["--steps", "8", "--size", "8"])
+    rows = [r.split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| 8 |")]
+    ratio = {r[2].strip(): float(r[4]) for r in rows}
+    assert ratio["triangular"] == 1.0 and ratio['triangular, accelerate="anderson"'] > 1.0
+    sys.modules.pop("state_copies", None)
