@@ -35,6 +35,7 @@ from torch import Tensor
 from fixedpoint_ir.solver import FixedPointSolver, RoundInfo, SolverReport, Status, register_solver
 
 from .acceleration import ACCELERATIONS, RowAccelerator
+from .multisecant import SecantHistory
 
 __all__ = ["Triangular", "TriangularRecurrence"]
 
@@ -60,7 +61,7 @@ class TriangularRecurrence(Protocol):
     def surrogate_eps_around(self, rows: Tensor, u: Tensor, centre: Tensor) -> Tensor: ...
 
 
-LINEARIZE = ("secant", "surrogate", "none")
+LINEARIZE = ("secant", "multisecant", "surrogate", "none")
 ROW_TOLS = ("uniform", "noise")
 STOPS = ("estimate", "safety")
 FAR_ROWS = ("surrogate", "anchored")
@@ -78,7 +79,8 @@ class Triangular(FixedPointSolver):
             chain, as judged by the rule ``stop``.
         max_rounds: most rounds (``None``: T, where the solver is exact anyway).
         linearize: ``"secant"`` (the surrogate's Jacobian, scaled per row by secants),
-            ``"surrogate"`` (the surrogate's Jacobian as is) or ``"none"`` (DeqIR's replay with e
+            ``"multisecant"`` (that, updated per row by its last ``secants`` secant pairs to be
+            exact along them: :mod:`backends.multisecant`), ``"surrogate"`` (the surrogate's Jacobian as is) or ``"none"`` (DeqIR's replay with e
             held fixed).
         window: most rows evaluated per image per round (``None``: all rows). The default, 24,
             changes nothing at T ≤ 24 and bounds the evaluations of long chains: on the
@@ -114,6 +116,7 @@ class Triangular(FixedPointSolver):
             window's last evaluated row: ParaSolver's x̂0-anchored guesses, Lu et al., ICLR 2025).
             Only chains longer than the window are affected.
         memory: iterates per row kept by ``accelerate="anderson"`` (≥ 2).
+        secants: secant pairs per row kept by ``linearize="multisecant"`` (≥ 1).
         damping: the ELK-style damping factor k of ``accelerate="damping"``, in [0, 1).
         safeguard: when a round's largest change exceeds ``safeguard`` × the previous one, or is
             not finite, the round is replayed without linearisation (DeqIR's F, a Picard step)
@@ -128,7 +131,7 @@ class Triangular(FixedPointSolver):
                  reuse: float = 1.0, row_tol: str = "uniform", slope_bounds: tuple[float, float] = (0.0, 4.0),
                  stop: str = "estimate", safety: float | None = None, max_rate: float = 0.9,
                  accelerate: str = "none", memory: int = 2, damping: float = 0.3,
-                 far_rows: str = "surrogate",
+                 far_rows: str = "surrogate", secants: int = 3,
                  safeguard: float | None = 100.0, divergence_factor: float = 1e4):
         super().__init__(tol, max_rounds, divergence_factor)
         if linearize not in LINEARIZE:
@@ -161,10 +164,15 @@ class Triangular(FixedPointSolver):
         if far_rows not in FAR_ROWS:
             raise ValueError(f"far_rows must be one of {FAR_ROWS}, got {far_rows!r}")
         self.far_rows = far_rows
+        if linearize == "multisecant" and (isinstance(secants, bool) or not isinstance(secants, int) or secants < 1):
+            raise ValueError(f"secants must be a positive int, got {secants!r}")
+        self.secants = secants
 
     def memory_mode(self, f) -> str:
-        """Anderson keeps a history of the trajectory: the plan counts it."""
-        return "triangular+anderson" if self.accelerate == "anderson" else self.name
+        """Anderson and the multisecant model keep histories of the trajectory: the plan counts them."""
+        if self.accelerate == "anderson":
+            return "triangular+anderson"
+        return "triangular+multisecant" if self.linearize == "multisecant" else self.name
 
     def _accelerator(self) -> RowAccelerator | None:
         if self.accelerate in ("anderson", "aitken"):
@@ -212,6 +220,7 @@ class Triangular(FixedPointSolver):
         # Last round's (z, F(z), contraction) for the a-posteriori error estimate (None/NaN: unknown).
         history = (None, None, torch.full((rows, n), math.nan, device=dev, dtype=dtype))
         accelerator = self._accelerator()
+        secants = SecantHistory(z0, self.secants) if self.linearize == "multisecant" else None
         budget_used = torch.zeros(n, device=dev, dtype=dtype)   # error share of accepted rows
         status = Status.MAX_ROUNDS
         rounds = 0
@@ -237,9 +246,13 @@ class Triangular(FixedPointSolver):
                     r_idx, n_idx, u, e_new = r_idx[~bad], n_idx[~bad], u[~bad], e_new[~bad]
                 else:
                     nan_rounds = 0
-                if self.linearize == "secant":
+                if self.linearize in ("secant", "multisecant"):
                     self._update_scales(f, scale, r_idx, n_idx, evaluated,
                                         u - at[r_idx, n_idx], e_new - e_cache[r_idx, n_idx])
+                if secants is not None:   # a pair needs two network evaluations of the entry
+                    again = evaluated[r_idx, n_idx]
+                    secants.push(r_idx[again], n_idx[again], (u - at[r_idx, n_idx])[again],
+                                 (e_new - e_cache[r_idx, n_idx])[again])
                 e_cache[r_idx, n_idx], at[r_idx, n_idx] = e_new, u
                 evaluated[r_idx, n_idx] = True
             rounds += 1
@@ -247,7 +260,10 @@ class Triangular(FixedPointSolver):
             if self.far_rows == "anchored" and width < rows:
                 self._anchor_far_rows(f, e_cache, at, hi, evaluated)
 
-            fz, new_inputs = self._replay(f, z, e_cache, at, self._damped(scale, prefix, row_index), prefix)
+            damped = self._damped(scale, prefix, row_index)
+            if secants is not None:
+                secants.prepare(f, damped, int(prefix.min()))
+            fz, new_inputs = self._replay(f, z, e_cache, at, damped, prefix, secants)
             change = (fz - z).abs().flatten(2).amax(-1)
             residual = float(change.max())
             # Compare like with like: rows that were already in last round's window.
@@ -259,6 +275,8 @@ class Triangular(FixedPointSolver):
                 # The linear model misled this round: take DeqIR's plain step instead.
                 fallbacks += 1
                 scale.fill_(1.0)
+                if secants is not None:
+                    secants.reset()
                 fz, new_inputs = self._replay(f, z, e_cache, at, torch.zeros_like(scale), prefix)
                 change = (fz - z).abs().flatten(2).amax(-1)
                 residual = float(change.max())
@@ -394,14 +412,14 @@ class Triangular(FixedPointSolver):
         gamma = (num / den.clamp_min(torch.finfo(den.dtype).tiny)).clamp(lo, hi)
         scale[r_idx[ok], n_idx[ok]] = gamma[ok]
 
-    def _replay(self, f, z, e_cache, at, scale, prefix):
+    def _replay(self, f, z, e_cache, at, scale, prefix, secants=None):
         """F with linearised e, replayed from the accepted prefix. Returns F and its inputs."""
-        if getattr(f, "can_linear_replay", False):   # one parallel scan, no row loop (chain.py)
+        if secants is None and getattr(f, "can_linear_replay", False):   # one parallel scan (chain.py)
             return f.linear_replay(z, e_cache, at, scale, prefix)
         with f.timed("replay") if hasattr(f, "timed") else contextlib.nullcontext():
-            return self._replay_rows(f, z, e_cache, at, scale, prefix)
+            return self._replay_rows(f, z, e_cache, at, scale, prefix, secants)
 
-    def _replay_rows(self, f, z, e_cache, at, scale, prefix):
+    def _replay_rows(self, f, z, e_cache, at, scale, prefix, secants=None):
         """The replay as a loop over rows (any surrogate, any update rule)."""
         rows, n = z.shape[0], z.shape[1]
         spatial = (1,) * (z.dim() - 2)
@@ -415,6 +433,8 @@ class Triangular(FixedPointSolver):
             e = e_cache[j]
             if linear:
                 e = e + scale[j].view(n, *spatial) * f.surrogate_jvp(j, x - at[j])
+                if secants is not None and bool(secants.count[j].any()):
+                    e = e + secants.correction(j, x - at[j])
             frozen = (j < prefix).view(n, *spatial)
             x = torch.where(frozen, z[j], f.step(j, x, e))
             out[j] = x

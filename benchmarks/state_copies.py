@@ -28,7 +28,8 @@ def main(argv=None) -> None:
 
     warnings.simplefilter("ignore", RuntimeWarning)
     solvers = {"picard (8 rounds)": lambda: Picard(max_rounds=8), "triangular": Triangular,
-               'triangular, accelerate="anderson"': lambda: Triangular(accelerate="anderson")}
+               'triangular, accelerate="anderson"': lambda: Triangular(accelerate="anderson"),
+               'triangular, linearize="multisecant"': lambda: Triangular(linearize="multisecant")}
     print("| T | solver | peak / trajectory | ÷ triangular's |\n|---:|---|---:|---:|")
     for steps in args.steps:
         op = make_operator("sr4", (3, args.size, args.size))
