@@ -55,6 +55,10 @@ CONFIGS = {
     "aitken": lambda: Triangular(accelerate="aitken"),
     "damping k=0.3": lambda: Triangular(accelerate="damping", damping=0.3),
     "anchored": lambda: Triangular(far_rows="anchored"),
+    "multisecant m=1": lambda: Triangular(linearize="multisecant", secants=1),
+    "multisecant m=2": lambda: Triangular(linearize="multisecant", secants=2),
+    "multisecant m=3": lambda: Triangular(linearize="multisecant", secants=3),
+    "multisecant m=5": lambda: Triangular(linearize="multisecant", secants=5),
 }
 BASELINE = 'Triangular() (default, accelerate="none")'
 RESULTS = Path(__file__).parent / "results"
@@ -208,7 +212,8 @@ class _Recorder(Triangular):
 
     def _replay(self, f, z, e_cache, at, scale, prefix):
         fz, inputs = super()._replay(f, z, e_cache, at, scale, prefix)
-        self.log.append(dict(at=at.clone(), inputs=inputs.clone(), scale=scale.clone(), prefix=prefix.clone()))
+        self.log.append(dict(at=at.clone(), inputs=inputs.clone(), scale=scale.clone(), prefix=prefix.clone(),
+                             e=e_cache.clone()))
         return fz, inputs
 
 
