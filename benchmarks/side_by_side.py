@@ -89,10 +89,32 @@ def load(path: Path) -> dict[str, dict]:
     return cells
 
 
+#: Options of cells measured before cells recorded them: the triangular default then was the secant model.
+LEGACY_OPTIONS = {"triangular": {"linearize": "secant"}}
+
+
+def solver_options(name: str) -> dict:
+    """The settings that define the solver ``name`` at its defaults today (Newton: none)."""
+    if name == NEWTON:
+        return {}
+    solver = make_solver(name, 20)
+    return {k: v for k, v in vars(solver).items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def is_today(cell: dict, sampling: dict) -> bool:
+    """Whether a cell ran with today's chain settings and today's defaults of its solver (a task's
+    defaults or a solver's may have changed since: such a cell is measured again and the new line
+    wins; the report leaves it out)."""
+    if cell.get("sampling") != sampling:
+        return False
+    recorded = cell.get("options", LEGACY_OPTIONS.get(cell.get("solver"), {}))
+    current = solver_options(cell["solver"]) if "solver" in cell else {}
+    return all(current.get(k) == v for k, v in recorded.items())
+
+
 def is_measured(cells: dict[str, dict], key: str, sampling: dict) -> bool:
-    """Whether the cell was measured with today's chain settings (a task's defaults may have changed
-    since: such a cell is measured again, and the new line wins)."""
-    return key in cells and cells[key].get("sampling") == sampling
+    """Whether the cell was measured with today's settings (:func:`is_today`)."""
+    return key in cells and is_today(cells[key], sampling)
 
 
 def append(path: Path, cell: dict) -> None:
@@ -206,8 +228,8 @@ def main(argv=None) -> None:
                         cell = run_newton(prior, operator, y, steps, setting, args.seed, ref, args.newton_rounds)
                     else:
                         cell = run_solver(prior, operator, y, steps, setting, name, args.seed, ref)
-                    cell.update(key=key, solver=name, problem=problem, steps=steps, setting=setting,
-                                sampling=sampling, seed=args.seed, command=command,
+                    cell.update(key=key, solver=name, options=solver_options(name), problem=problem, steps=steps,
+                                setting=setting, sampling=sampling, seed=args.seed, command=command,
                                 machine=machine(), commit=commit(),
                                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
                     append(args.out, cell)

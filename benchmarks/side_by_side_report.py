@@ -128,13 +128,13 @@ def plot(cells: list[dict], title: str, path: Path) -> None:
 
 
 def is_current(cell: dict) -> bool:
-    """Whether the cell ran with today's chain settings for its task, T and setting (a cell measured
-    with earlier task defaults stays in the JSON lines, out of the tables)."""
+    """Whether the cell ran with today's chain settings for its task, T and setting and today's
+    defaults of its solver (an older cell stays in the JSON lines, out of the tables)."""
     from fixedpoint_ir.operators.tasks import make_operator
 
     task = cell["problem"].split("/")[1]
     operator = make_operator(task, (3, 64, 64), generator=torch.Generator().manual_seed(0))
-    return cell.get("sampling") == sbs.sampling_of(operator, cell["setting"], cell["steps"])
+    return sbs.is_today(cell, sbs.sampling_of(operator, cell["setting"], cell["steps"]))
 
 
 def write(cells_path: Path) -> Path:

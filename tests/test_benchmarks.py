@@ -195,6 +195,21 @@ def test_side_by_side_uses_the_defaults_of_each_T_and_remeasures_stale_cells(sid
     assert sbs.is_measured({"k": {"sampling": dict(at20)}}, "k", at20)
 
 
+def test_side_by_side_remeasures_cells_of_a_changed_solver_default(side_by_side):
+    """A cell records its solver's options; one measured with other defaults (or before cells
+    recorded them, with the legacy triangular model) is measured again and left out of the report."""
+    sbs, _, _ = side_by_side
+    sampling = dict(sbs.PAPER)
+    today = sbs.solver_options("triangular")
+    assert today and "linearize" in today and sbs.solver_options(sbs.NEWTON) == {}
+    cell = dict(solver="triangular", sampling=sampling, options=dict(today))
+    assert sbs.is_today(cell, sampling)
+    assert not sbs.is_today(dict(cell, options=dict(today, tol=0.5)), sampling)
+    legacy = dict(solver="triangular", sampling=sampling)
+    assert sbs.is_today(legacy, sampling) == (today["linearize"] == sbs.LEGACY_OPTIONS["triangular"]["linearize"])
+    assert sbs.is_today(dict(solver="picard", sampling=sampling), sampling)
+
+
 def test_learned_problems_run_the_task_defaults_only_when_asked(convergence):
     """acceleration.py's 'defaults' setting is the tasks' sampling (it silently ran etw 0.1, nw 0
     for a while, when learned_problems started wiping the task's sampling for its own setting)."""
