@@ -1,19 +1,20 @@
 """Which Jacobian model would the triangular solver's replay need? ρ of candidate models along the
 directions it actually replays (issue #19, item 4; research note §5 item 2).
 
-From one logged default solve (``acceleration._recorded_solve``), for every unaccepted row j and
+From one logged solve of the secant model (``acceleration._recorded_solve``; the default solver
+until the multisecant model measured better here), for every unaccepted row j and
 round k: d = (row j's replay input) − U_j (its last evaluation point), J d the network's exact JVP
 at U_j (forward-mode AD, ``exact_jvp.forward_jvp``), and each model's M d; ρ = ‖J d − M d‖ / ‖J d‖.
 Models (none calls the network beyond what the solver already evaluates):
 
-- ``secant``: today's γ_j J_s (J_s the Gaussian surrogate's Jacobian, γ_j the row's secant scale);
+- ``secant``: the logged solver's γ_j J_s (J_s the Gaussian surrogate's Jacobian, γ_j the row's secant scale);
 - ``own m``: a multisecant (type-II Broyden) update of γ_j J_s by row j's last m secant pairs
   (s, y) = (U^k − U^{k'}, E^k − E^{k'}) of consecutive network evaluations: exact along each s;
 - ``rows ±r``: the same with the latest pair of every row within r of j (rows of one round are
   evaluated in the same batch, and neighbouring rows' Jacobians are close), plus row j's own.
 
 A model is worth building into the solver only if it lowers ρ measurably (the issue's rule); the
-research note asks for half of today's.
+research note asks for half of the secant model's.
 
     nice python benchmarks/jacobian_models.py --settings defaults --photos flower astronaut
     python benchmarks/jacobian_models.py --report
@@ -119,7 +120,7 @@ def study(prior, op, y, T, setting, seed, row_stride):
 
 
 def report(path: Path) -> str:
-    """Median ρ per problem and model (and the ratio to today's secant model)."""
+    """Median ρ per problem and model (and the ratio to the secant model's)."""
     data = json.loads(path.read_text())
     lines = ["# Jacobian models along the triangular solver's own directions", "",
              f"`{data['command']}` (and earlier runs into the same file), commit {data['commit']}, "

@@ -145,9 +145,9 @@ def test_bad_acceleration_options_name_the_argument():
         Triangular(linearize="multisecant", secants=0)
 
 
-@pytest.mark.parametrize("options, expected", [(dict(), "triangular"),
+@pytest.mark.parametrize("options, expected", [(dict(linearize="secant"), "triangular"),
                                                (dict(accelerate="anderson"), "triangular+anderson"),
-                                               (dict(linearize="multisecant"), "triangular+multisecant")])
+                                               (dict(), "triangular+multisecant")])
 def test_the_memory_plan_counts_the_histories(options, expected):
     """accelerate="anderson" keeps two iterates and two residuals of the trajectory, the multisecant
     model its secant pairs: the Sampler's memory plan asks for more state copies then."""

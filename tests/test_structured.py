@@ -33,7 +33,7 @@ def _max_err(out, ref):
     return float((out.image - ref.image).abs().max())
 
 
-OPTIONS = dict(linearize=["secant", "surrogate", "none"], window=[None, 3], freeze=[True, False],
+OPTIONS = dict(linearize=["multisecant", "secant", "surrogate", "none"], window=[None, 3], freeze=[True, False],
                row_tol=["uniform", "noise"])
 
 
@@ -74,7 +74,7 @@ def test_window_bounds_every_round():
 
 @settings(max_examples=15)
 @given(steps=st.integers(2, 16), window=st.one_of(st.none(), st.integers(1, 6)),
-       linearize=st.sampled_from(["secant", "surrogate", "none"]))
+       linearize=st.sampled_from(["multisecant", "secant", "surrogate", "none"]))
 def test_exact_after_T_rounds_whatever_the_options(steps, window, linearize):
     """The accepted prefix grows by one row per round at least: T rounds always suffice."""
     out, ref = _solve("colorize", Triangular(tol=0.0, window=window, linearize=linearize), steps=steps)

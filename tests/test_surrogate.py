@@ -170,7 +170,7 @@ def _solve(op_name, solver, surrogate, *, steps=16, seed=0, init="surrogate"):
     return out, float((out.image - ref.image).abs().max())
 
 
-@pytest.mark.parametrize("linearize", ["secant", "surrogate"])
+@pytest.mark.parametrize("linearize", ["multisecant", "secant", "surrogate"])
 @pytest.mark.parametrize("op", ["sr", "inpaint", "colorize"])
 def test_power_law_surrogate_keeps_the_answer_and_the_honest_stop(op, linearize):
     """A mismatched surrogate (power law vs the mixture prior) changes rounds, never the answer;
