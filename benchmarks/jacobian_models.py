@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import acceleration  # noqa: E402
 from exact_jvp import forward_jvp  # noqa: E402
 
+from fixedpoint_ir.backends import multisecant as multisecant_module  # noqa: E402
 from fixedpoint_ir.backends.multisecant import SecantHistory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
