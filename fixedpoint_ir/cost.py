@@ -26,12 +26,12 @@ __all__ = ["BatchCost", "Choice", "enable_disk_cache", "measure_batch_cost", "ex
            "predict_sequential", "choose", "record_sequential_call", "recorded_sequential_call",
            "TRIANGULAR_WORK"]
 
-#: Default triangular solver (secant, surrogate init, estimate stopping rule, window 24):
-#: (T, rounds / T, network evaluations per image / T), medians of ``benchmarks/convergence.py
-#: --problems learned --configs default`` (64×64, CPU): T = 20 over the 9 problems, T = 50 and
-#: T = 100 over flower × sr4 / deblur_gauss / inpaint_random. Interpolated in T, the last entry's
-#: fractions beyond it.
-TRIANGULAR_WORK = ((20, 13 / 20, 167 / 20), (50, 25 / 50, 492 / 50), (100, 48 / 100, 1020 / 100))
+#: Default triangular solver (multisecant, surrogate init, estimate stopping rule, window 24):
+#: (T, rounds / T, network evaluations per image / T), medians of the ``paper`` cells (etw 0.1,
+#: nw 0) of ``benchmarks/side_by_side.py --solvers triangular`` (64×64, CPU): T = 20 over the 9
+#: problems, T = 50 and T = 100 over flower × sr4 / deblur_gauss / inpaint_random. Interpolated in
+#: T, the last entry's fractions beyond it.
+TRIANGULAR_WORK = ((20, 11 / 20, 155 / 20), (50, 24 / 50, 474 / 50), (100, 45 / 100, 987 / 100))
 
 #: Replay and bookkeeping of a parallel round, as a share of its network time (measured 1-6.5 %
 #: with the row-loop replay in ``benchmarks/results/convergence_learned.md``).
