@@ -13,7 +13,8 @@ shipped prior on 64×64 hold-out crops (``convergence.learned_problems``), named
 
 Every cell is appended as one JSON line to ``--out`` (default
 ``results/solvers_side_by_side.jsonl``) as soon as it is measured; a re-run skips the cells already
-there, and several processes may share the file (it is locked per write). ``--report`` writes the
+there, and several processes may share the file (it is locked per write). A solver that diverges
+(``SolverDivergedError``: no image to compare) is printed and left out of the file. ``--report`` writes the
 table and plots (``side_by_side_report.py``) from whatever has been measured.
 
     python benchmarks/side_by_side.py --steps 20 --settings paper defaults
@@ -36,6 +37,7 @@ from pathlib import Path
 import torch
 
 import convergence
+from fixedpoint_ir.solver import SolverDivergedError
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "solvers_side_by_side.jsonl"
@@ -227,7 +229,11 @@ def main(argv=None) -> None:
                     if name == NEWTON:
                         cell = run_newton(prior, operator, y, steps, setting, args.seed, ref, args.newton_rounds)
                     else:
-                        cell = run_solver(prior, operator, y, steps, setting, name, args.seed, ref)
+                        try:
+                            cell = run_solver(prior, operator, y, steps, setting, name, args.seed, ref)
+                        except SolverDivergedError as error:   # no image to compare: said, not tabled
+                            print(f"{key}: diverged: {str(error).split(';')[0]}", flush=True)
+                            continue
                     cell.update(key=key, solver=name, options=solver_options(name), problem=problem, steps=steps,
                                 setting=setting, sampling=sampling, seed=args.seed, command=command,
                                 machine=machine(), commit=commit(),

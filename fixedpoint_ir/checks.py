@@ -42,13 +42,20 @@ def warn_if_tf32(device: torch.device, tol: float) -> None:
 
 
 def divergence_hint(solver, report) -> str:
-    """What can help after a divergence: another solver only when the map itself is finite."""
-    finite = all(math.isfinite(r) for r in report.residuals)
-    if not finite or type(solver).__name__ in ("Picard", "Triangular"):
-        # Picard only replays the chain: a NaN or an explosion there comes from the prior itself.
+    """What can help after a divergence: another solver, unless the solver only replays the chain."""
+    if type(solver).__name__ in ("Picard", "Triangular"):
+        # Both replay the chain (the triangular solver falls back to Picard's step when its model
+        # misleads): a NaN or an explosion there comes from the prior itself.
         return ("the prior returned NaN/Inf or exploding values on these inputs: check it with "
                 "Sampler.sequential on the same y (float32, an image size the prior was trained "
                 "for); no other solver can fix a non-finite map")
+    if not all(math.isfinite(r) for r in report.residuals):
+        # An extrapolating update can carry the states where the prior fails (ParaDiGMS at T = 100
+        # on the shipped prior: NaN after 31-34 rounds, where the sequential chain is finite).
+        return ("its iterates reached NaN/Inf: the solver's own update can leave the states the prior "
+                "handles, or the prior fails on these inputs; check the chain with Sampler.sequential "
+                "on the same y, and if it is finite try solver='picard' or 'triangular', which are "
+                "exact after T rounds")
     return "try solver='picard' or 'triangular', which are exact after T rounds"
 
 

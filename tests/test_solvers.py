@@ -139,6 +139,24 @@ def test_sampler_raises_on_divergence(monkeypatch):
     assert info.value.report.status is Status.DIVERGED
 
 
+def test_divergence_advice_depends_on_who_produced_the_nan():
+    """Picard and the triangular solver replay the chain: a NaN is the prior's, no other solver helps.
+    An extrapolating solver (ParaDiGMS diverged to NaN at T = 100 on the shipped prior while the
+    sequential chain was finite) is told to check the chain and try an exact one."""
+    from fixedpoint_ir.backends import ParaDiGMS, Triangular
+    from fixedpoint_ir.checks import divergence_hint
+    from fixedpoint_ir.solver import SolverReport
+
+    nan = SolverReport(None, 3, [1.4, 1.4, float("nan")], Status.DIVERGED, {})
+    grew = SolverReport(None, 3, [1.0, 1e5], Status.DIVERGED, {})
+    for exact in (Picard(), Triangular()):
+        assert "no other solver" in divergence_hint(exact, nan) and "solver='picard'" not in divergence_hint(exact, nan)
+    for other in (ParaDiGMS(), Anderson()):
+        advice = divergence_hint(other, nan)
+        assert "Sampler.sequential" in advice and "solver='picard'" in advice and "no other solver" not in advice
+        assert "solver='picard'" in divergence_hint(other, grew)
+
+
 def test_unconverged_run_warns():
     sampler, y = _problem("sr", Picard(max_rounds=3))
     with pytest.warns(RuntimeWarning, match="without converging"):
