@@ -1,7 +1,7 @@
 """Which Jacobian model would the triangular solver's replay need? ρ of candidate models along the
 directions it actually replays (issue #19, item 4; research note §5 item 2).
 
-From one logged solve of the secant model (``acceleration._recorded_solve``; the default solver
+From one logged solve of the secant model (``model_studies._recorded_solve``; the default solver
 until the multisecant model measured better here), for every unaccepted row j and
 round k: d = (row j's replay input) − U_j (its last evaluation point), J d the network's exact JVP
 at U_j (forward-mode AD, ``exact_jvp.forward_jvp``), and each model's M d; ρ = ‖J d − M d‖ / ‖J d‖.
@@ -32,9 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import acceleration  # noqa: E402
+import model_studies  # noqa: E402
 from exact_jvp import forward_jvp  # noqa: E402
 
-from fixedpoint_ir.backends import multisecant as multisecant_module  # noqa: E402
+from fixedpoint_ir.backends import multisecant as multisecant_module  # noqa: E402,F401  (its ridge, patched by tests)
 from fixedpoint_ir.backends.multisecant import SecantHistory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -86,7 +87,7 @@ def multisecant(chain, j, gamma, pairs, d):
 
 
 def study(prior, op, y, T, setting, seed, row_stride):
-    solver, chain, _ = acceleration._recorded_solve(prior, op, y, T, setting, seed)
+    solver, chain, _ = model_studies._recorded_solve(prior, op, y, T, setting, seed)
     timesteps = chain.coefficients.timesteps
     pairs = secant_pairs(solver.log, min(solver.window or T, T))
     out = []
