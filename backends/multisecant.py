@@ -40,6 +40,7 @@ class SecantHistory:
         self.count = torch.zeros(like.shape[:2], dtype=torch.long, device=like.device)
         self._residual: Tensor | None = None    # Y − B S, per round (B changes with γ)
         self._gram: Tensor | None = None
+        self._held: set[int] = set()             # rows with a pair for some image, this round
 
     def reset(self) -> None:
         self.count.zero_()
@@ -57,10 +58,11 @@ class SecantHistory:
         """Y − B S and the Gram SᵀS (float64) of rows ≥ ``first`` that hold pairs, for this round's
         B = γ J_s; rows before ``first`` (accepted) are not replayed with the model."""
         self._residual = self._gram = None
-        held = (self.count[first:] > 0).any(1).nonzero()
-        if held.numel() == 0:
+        held = ((self.count[first:] > 0).any(1).nonzero().flatten() + first).tolist()   # one sync a round
+        self._held = set(held)
+        if not held:
             return
-        lo, hi = first + int(held.min()), first + int(held.max()) + 1
+        lo, hi = held[0], held[-1] + 1
         m, n, state = self.memory, self.s.shape[2], self.s.shape[3:]
         s, y = self.s[:, lo:hi], self.y[:, lo:hi]
         rows = torch.arange(lo, hi, device=s.device).view(1, -1, 1).expand(m, -1, n).reshape(-1)
@@ -79,9 +81,14 @@ class SecantHistory:
         self._gram = gram + ridge.clamp_min(1e-300)[..., None, None] * eye + torch.diag_embed(1 - used)
         self._lo, self._hi = lo, hi
 
+    def holds(self, j: int) -> bool:
+        """Whether some image of row j holds a pair this round (decided in :meth:`prepare`, so the
+        replay loop does not wait on the device row by row)."""
+        return self._gram is not None and j in self._held
+
     def correction(self, j: int, du: Tensor) -> Tensor:
         """(Y − B S)(SᵀS + λ)⁻¹ Sᵀ du for row j, du (n, *state): zero where the row has no pair."""
-        if self._gram is None or not self._lo <= j < self._hi:
+        if not self.holds(j):
             return torch.zeros_like(du)
         r = j - self._lo
         rhs = (self.s[:, j].flatten(2) * du.flatten(1).unsqueeze(0)).sum(-1, dtype=torch.float64).T   # (n, m)

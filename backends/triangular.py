@@ -251,13 +251,12 @@ class Triangular(FixedPointSolver):
                     r_idx, n_idx, u, e_new = r_idx[~bad], n_idx[~bad], u[~bad], e_new[~bad]
                 else:
                     nan_rounds = 0
+                du, de = u - at[r_idx, n_idx], e_new - e_cache[r_idx, n_idx]
                 if self.linearize in ("secant", "multisecant"):
-                    self._update_scales(f, scale, r_idx, n_idx, evaluated,
-                                        u - at[r_idx, n_idx], e_new - e_cache[r_idx, n_idx])
+                    self._update_scales(f, scale, r_idx, n_idx, evaluated, du, de)
                 if secants is not None:   # a pair needs two network evaluations of the entry
                     again = evaluated[r_idx, n_idx]
-                    secants.push(r_idx[again], n_idx[again], (u - at[r_idx, n_idx])[again],
-                                 (e_new - e_cache[r_idx, n_idx])[again])
+                    secants.push(r_idx[again], n_idx[again], du[again], de[again])
                 e_cache[r_idx, n_idx], at[r_idx, n_idx] = e_new, u
                 evaluated[r_idx, n_idx] = True
             rounds += 1
@@ -440,7 +439,7 @@ class Triangular(FixedPointSolver):
             e = e_cache[j]
             if linear:
                 e = e + scale[j].view(n, *spatial) * f.surrogate_jvp(j, x - at[j])
-                if secants is not None and bool(secants.count[j].any()):
+                if secants is not None and secants.holds(j):
                     e = e + secants.correction(j, x - at[j])
             frozen = (j < prefix).view(n, *spatial)
             x = torch.where(frozen, z[j], f.step(j, x, e))
